@@ -1,0 +1,3 @@
+"""nettrain: train neural networks from Hydra config files."""
+
+__version__ = "0.1.0"

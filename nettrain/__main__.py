@@ -1,0 +1,3 @@
+from nettrain.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,268 @@
+"""The Hydra apps (`train`, `lr-find`, `check-data`), all composed from configs/train.yaml.
+
+Hydra composes the config and makes the run dir; these task functions validate the config
+(without importing torch), decide whether the run is new, resumed or already done, and map the
+outcome to an exit code. Torch is imported only once there is work to do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from nettrain.config import absolute, absolute_paths, monitor_mode, register_resolvers, validate
+from nettrain.errors import UserError
+
+log = logging.getLogger("nettrain")
+
+# Exit codes by final status; set by the task, returned by `run_hydra_app`.
+EXIT_CODES = {"completed": 0, "stopped_early": 0, "skipped": 0, "diverged": 1, "failed": 1}
+_outcome: dict[str, int] = {"exit": 0}
+
+# Keys a resumed run may change: they extend or steer the run without changing what it computes.
+RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.log_every_n_steps", "trainer.device", "trainer.threads",
+                  "trainer.compile", "data.num_workers", "early_stopping.patience", "early_stopping.min_delta",
+                  "checkpoint.save_top_k", "trainer.checkpoint_every_n_steps")
+
+
+def run_hydra_app(task: Callable[[DictConfig], Any], argv: list[str], config_name: str = "train") -> int:
+    """Run `task` as a Hydra app on `argv` (overrides and Hydra flags) and return the exit code."""
+    import hydra
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_resolvers()
+    argv = _with_resume_dir(argv)
+    # Composition errors reach us as exceptions, so they can be reported in one line with exit 2.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv = ["nettrain", *argv]
+    _outcome["exit"] = 0
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()  # a second app in one process (tests, lr-find then train) starts clean
+    app = hydra.main(config_path="pkg://nettrain.configs", config_name=config_name, version_base="1.3")(task)
+    try:
+        app()
+    except MissingConfigException as e:
+        print(f"nettrain: {_missing_config_line(e)}", file=sys.stderr)
+        return 2
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"nettrain: {_first_line(e)}", file=sys.stderr)
+        return 2
+    return _outcome["exit"]
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(e).strip().splitlines()[:2] if line.strip())
+    return text or type(e).__name__
+
+
+# Configs that Hydra plugins provide -> (the plugin's package, the nettrain extra that installs it).
+PLUGIN_CONFIGS = {
+    "hydra/sweeper/optuna": ("hydra-optuna-sweeper", "sweep"),
+    "hydra/launcher/joblib": ("hydra-joblib-launcher", "sweep"),
+    "hydra/launcher/submitit_slurm": ("hydra-submitit-launcher", "slurm"),
+    "hydra/launcher/submitit_local": ("hydra-submitit-launcher", "slurm"),
+}
+
+
+def _missing_config_line(e: Any) -> str:
+    """'model=foo' -> "unknown model=foo; allowed: cnn, mlp, ..." (Hydra lists them on many lines)."""
+    missing = getattr(e, "missing_cfg_file", "") or ""
+    options = getattr(e, "options", None)
+    if missing in PLUGIN_CONFIGS:
+        package, extra = PLUGIN_CONFIGS[missing]
+        group, name = missing.rsplit("/", 1)
+        return (f"{group}={name} needs the Hydra plugin {package}, which is not installed: "
+                f"pip install {package}  (or pip install 'nettrain[{extra}]')")
+    if "/" in missing and options:
+        group, name = missing.rsplit("/", 1)
+        return f"unknown {group}={name}; allowed: {', '.join(sorted(options))}"
+    return _first_line(e)
+
+
+def _with_resume_dir(argv: list[str]) -> list[str]:
+    """`resume=PATH` continues in that run's own dir, and leaves its saved Hydra config untouched."""
+    resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
+    if not resume or "-m" in argv or "--multirun" in argv or any(a.startswith("hydra.run.dir=") for a in argv):
+        return argv
+    path = Path(absolute(resume))
+    run_dir = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return [*argv, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+
+
+def train_main(argv: list[str]) -> int:
+    from nettrain.launch import as_torchrun_rank
+
+    # Under torchrun, ranks > 0 train the job rank 0 composes (one config, one run dir).
+    code = as_torchrun_rank(argv)
+    return run_hydra_app(train_task, argv) if code is None else code
+
+
+def lr_find_main(argv: list[str]) -> int:
+    from nettrain.lr_find import lr_find_task
+
+    return run_hydra_app(lr_find_task, argv, config_name="lr_find")
+
+
+def check_data_main(argv: list[str]) -> int:
+    from nettrain.check_data import check_data_task
+
+    return run_hydra_app(check_data_task, argv, config_name="check_data")
+
+
+def _hydra_context() -> tuple[Path, bool, list[str]]:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    return Path(hc.runtime.output_dir), hc.mode == RunMode.MULTIRUN, list(hc.overrides.task)
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def train_task(cfg: DictConfig) -> float:
+    """One training job. Returns the best monitored value (what Hydra's sweepers optimize)."""
+    run_dir, multirun, overrides = _hydra_context()
+    previous = read_metrics(run_dir)
+    started = False
+    try:
+        validate(cfg)
+        absolute_paths(cfg)
+        ckpt = None
+        if cfg.resume:
+            cfg, ckpt = _resume(cfg, overrides)
+        elif previous is not None or (multirun and (run_dir / "checkpoints" / "last.pt").is_file()):
+            if not multirun:
+                raise UserError(f"{run_dir} already holds a run (status {previous.get('status')}); "
+                                f"continue it with resume={run_dir} or choose another hydra.run.dir")
+            # Re-running a sweep in the same hydra.sweep.dir: finished jobs are kept as they are,
+            # interrupted ones continue from their last checkpoint (a job killed between writing
+            # last.pt and metrics.json has only the checkpoint).
+            if (previous or {}).get("status") in ("completed", "stopped_early", "diverged"):
+                log.info("%s: already %s, skipped", run_dir.name, previous["status"])
+                _set_exit(previous["status"])
+                return _objective(previous, cfg)
+            if (run_dir / "checkpoints" / "last.pt").is_file():
+                from nettrain.checkpoint import load_checkpoint
+
+                ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        from nettrain.launch import launch
+
+        started = True
+        result = launch(cfg, run_dir, ckpt)
+    except UserError as e:
+        log.error("nettrain: %s", e)
+        # A run that never wrote anything leaves no dir behind; one that did (or a sweep's job)
+        # keeps it with the error. A refused resume leaves the run it names untouched.
+        if multirun or (not _discard_new_run_dir(run_dir, previous) and started):
+            _record_failure(run_dir, str(e), previous)
+        _outcome["exit"] = max(_outcome["exit"], e.exit_code)
+        if not multirun:
+            raise SystemExit(e.exit_code) from None
+        return _worst(cfg)
+    except Exception as e:  # a bug or a crash (out of memory, ...): record it, then show it in full
+        _record_failure(run_dir, f"{type(e).__name__}: {e}", previous)
+        if not multirun:
+            raise
+        log.error("job failed:\n%s", traceback.format_exc())
+        _outcome["exit"] = 1
+        return _worst(cfg)
+    status = result["status"]
+    if status == "diverged":
+        log.error("nettrain: %s", result["error"])
+    _set_exit(status, result.get("signal"))
+    if status == "interrupted":
+        if multirun:  # Ctrl-C stops the whole sweep; the same command resumes it
+            log.warning("sweep interrupted: run the same command with hydra.sweep.dir=%s to resume it",
+                        run_dir.parent)
+        raise SystemExit(_outcome["exit"])
+    return _objective(result, cfg)
+
+
+def _set_exit(status: str, signum: int | None = None) -> None:
+    code = 128 + signum if status == "interrupted" and signum else EXIT_CODES.get(status, 1)
+    _outcome["exit"] = max(_outcome["exit"], code)
+
+
+def _objective(result: dict[str, Any], cfg: DictConfig) -> float:
+    """The best value of the monitored metric, as a minimization/maximization target for sweepers."""
+    if "best_value" in result:
+        value = result["best_value"]
+    else:
+        value = (result.get("best") or {}).get(cfg.early_stopping.monitor)
+    return float(value) if value is not None else _worst(cfg)
+
+
+def _worst(cfg: DictConfig) -> float:
+    """A failed job's objective: the worst possible value (Optuna refuses NaN, and learns to avoid this)."""
+    es = cfg.get("early_stopping") or {}
+    return -math.inf if monitor_mode(es.get("monitor", "val_loss"), es.get("mode", "auto")) == "max" else math.inf
+
+
+def _resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict[str, Any]]:
+    """The checkpoint's own config, changed only by overrides that keep the run the same run."""
+    from nettrain.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(absolute(cfg.resume), prefer="last.pt")
+    saved = OmegaConf.create(ckpt["config"])
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "resume" or key.startswith("hydra."):
+            continue
+        if key not in RESUMABLE_KEYS:
+            raise UserError(f"cannot change {key} when resuming: it would change the run being continued "
+                            f"(allowed with resume: {', '.join(RESUMABLE_KEYS)}); start a new run instead")
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
+    saved.resume = str(ckpt["path"])
+    validate(saved)
+    if ckpt["progress"]["epoch"] >= saved.trainer.max_epochs and not ckpt["progress"]["batch"]:
+        raise UserError(f"{ckpt['path']} already finished {ckpt['progress']['epoch']} epochs of "
+                        f"trainer.max_epochs={saved.trainer.max_epochs}; pass a larger trainer.max_epochs to train on")
+    return saved, ckpt
+
+
+def _record_failure(run_dir: Path, error: str, previous: dict[str, Any] | None) -> None:
+    """A failed job keeps its dir with `status: failed` and the error, so a sweep summary lists it."""
+    from nettrain.checkpoint import atomic_write_text
+
+    record = dict(previous or {}) | {"status": "failed", "error": error}
+    record.setdefault("history", [])
+    try:
+        atomic_write_text(run_dir / "metrics.json", json.dumps(record, indent=2, default=str) + "\n")
+    except UserError:
+        pass
+
+
+def _discard_new_run_dir(run_dir: Path, previous: dict[str, Any] | None) -> bool:
+    """Remove the dir Hydra just made for a run that wrote nothing (it holds only Hydra's own
+    files). Returns whether it was removed."""
+    if previous is not None or not run_dir.is_dir():
+        return False
+    if not all(p.name in (".hydra", "train.log") for p in run_dir.iterdir()):
+        return False
+    # Detach the run's log file too: a closed FileHandler reopens (and fails) on the next log line.
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    parent = run_dir.parent
+    if parent.name != "outputs" and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+    return True

@@ -1,0 +1,120 @@
+"""Checkpoints that survive anything: written atomically, loaded safely.
+
+A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) so it loads with
+`torch.load(weights_only=True)`: no pickled code ever runs. It carries the resolved config and
+the data spec, so eval, predict, export and resume need nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nettrain.errors import UserError
+
+FORMAT = "nettrain-checkpoint"
+VERSION = 1
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
+
+    exit_code = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file beside `path`, fsync, then rename over it: a kill at any instant leaves
+    either the old file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointWriteError(f"could not write {path}: {e.strerror or e}; the previous file is intact") from e
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_checkpoint(state: dict[str, Any], *paths: Path) -> None:
+    """Serialize `state` once and write it atomically to each of `paths`."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
+    for path in paths:
+        atomic_write_bytes(path, buffer.getvalue())
+
+
+def find_checkpoint(path: str | Path, prefer: str = "best.pt") -> Path:
+    """A checkpoint file, or the `prefer`red one inside a run dir (falling back to last.pt)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in (prefer, "last.pt"):
+            for candidate in (path / "checkpoints" / name, path / name):
+                if candidate.is_file():
+                    return candidate
+        raise UserError(f"no checkpoint in {path}: expected {path / 'checkpoints' / prefer}")
+    if not path.is_file():
+        raise UserError(f"no such checkpoint: {path}")
+    return path
+
+
+def load_checkpoint(path: str | Path, prefer: str = "best.pt") -> dict[str, Any]:
+    """Load a nettrain checkpoint with `weights_only=True`; anything else is refused in one line."""
+    file = find_checkpoint(path, prefer)
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch names the class or function the file wanted to run ("Unsupported global: ...").
+        reason = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), None)
+        if reason is None:
+            raise UserError(f"cannot load {file}: not a complete checkpoint (truncated or another format)") from e
+        raise UserError(f"refusing to load {file}: it holds pickled objects that could run code "
+                        f"(only plain tensors and values are allowed): {reason[:200]}") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise UserError(f"cannot load {file}: not a complete checkpoint (truncated or another format): "
+                        f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"cannot load {file}: not a nettrain checkpoint")
+    ckpt["path"] = str(file)
+    return ckpt
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator a run draws from, in checkpoint-safe types."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,59 @@
+"""`nettrain` entrypoint: dispatches subcommands. Imports nothing heavy, so `--help` and config
+errors answer at once; each subcommand imports torch only when it has work to do."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from nettrain import __version__
+
+# name -> (module:function taking argv and returning an exit code, one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("nettrain.app:train_main", "train a model (a Hydra app: overrides, +experiment=, -m sweeps, --cfg job, --help)"),
+    "eval": ("nettrain.evaluate:main", "evaluate a checkpoint: loss, accuracy, per-class metrics, confusion matrix"),
+    "predict": ("nettrain.predict:main", "predict classes with probabilities for images, folders or CSV rows"),
+    "export": ("nettrain.export:main", "export a checkpoint to ONNX or TorchScript, checked against PyTorch"),
+    "plot": ("nettrain.plot:main", "draw a run's train vs val loss and accuracy curves as a PNG"),
+    "lr-find": ("nettrain.app:lr_find_main", "learning-rate range test: suggests an lr for a train config"),
+    "runs": ("nettrain.runs:main", "list the runs under outputs/ with their status and best metrics"),
+    "check-data": ("nettrain.app:check_data_main", "report on a dataset: class balance, bad files, train/val leakage"),
+}
+
+USAGE = f"""usage: nettrain COMMAND [ARGS...]
+
+Train neural networks from Hydra config files (nettrain {__version__}).
+
+commands:
+""" + "\n".join(f"  {name:<11} {summary}" for name, (_, summary) in COMMANDS.items()) + """
+
+`nettrain COMMAND --help` explains a command. Examples:
+  nettrain train
+  nettrain train model=cnn optimizer=adamw optimizer.lr=3e-3 data.batch_size=32
+  nettrain train -m optimizer.lr=1e-3,1e-2
+  nettrain predict ckpt=outputs/DATE/TIME/checkpoints/best.pt input=photo.jpg
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-sc", "--shell-completion"):
+        # Shell completion installed from `nettrain train -sc install=bash` queries `nettrain -sc ...`
+        # with the whole line; completion is for train's overrides, so drop the subcommand word.
+        line = os.environ.get("COMP_LINE", "").split(" ")
+        if len(line) > 1 and line[1] in COMMANDS:
+            os.environ["COMP_LINE"] = " ".join(line[:1] + line[2:])
+        argv = ["train", *argv]
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    if argv[0] == "--version":
+        print(f"nettrain {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"nettrain: unknown command {name!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module, func = COMMANDS[name][0].split(":")
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)

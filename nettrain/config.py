@@ -1,0 +1,206 @@
+"""Config checks that run before any work starts (and before torch is imported).
+
+Every rule names a key, a test and what is allowed; `validate` turns the first failure into a
+one-line `UserError`. Keys that a chosen config does not have are skipped, so one table serves
+every model, dataset and optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from nettrain.errors import UserError, invalid
+
+MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy", "val_rmse", "val_mae")
+
+
+def _slug(text: str) -> str:
+    """A job's overrides as a dir name: no path separators, bounded length."""
+    text = re.sub(r"[^A-Za-z0-9=,.+_-]+", "-", str(text)).strip("-")
+    return (text or "default")[:120]
+
+
+def monitor_mode(monitor: str, mode: str = "auto") -> str:
+    """`min` or `max` for early_stopping.monitor: `auto` maximizes accuracy, minimizes losses and errors."""
+    return mode if mode != "auto" else ("max" if "accuracy" in str(monitor) else "min")
+
+
+def _sweep_direction(monitor: str, mode: str) -> str:
+    """A sweeper's optimization direction for the monitored metric (hparams_search configs)."""
+    return "maximize" if monitor_mode(monitor, mode) == "max" else "minimize"
+
+
+def register_resolvers() -> None:
+    """Resolvers used by the configs (`${slug:...}`, `${sweep_direction:...}`); idempotent."""
+    if not OmegaConf.has_resolver("slug"):
+        OmegaConf.register_new_resolver("slug", _slug)
+    if not OmegaConf.has_resolver("sweep_direction"):
+        OmegaConf.register_new_resolver("sweep_direction", _sweep_direction)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+def _one_of(*choices: Any) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+def _int_list(v: Any) -> bool:
+    return OmegaConf.is_list(v) and len(v) > 0 and all(_int(i) and i >= 1 for i in v)
+
+
+def _name(v: Any) -> bool:
+    return isinstance(v, str) and v.strip() != ""
+
+
+def _names(v: Any) -> bool:
+    return OmegaConf.is_list(v) and all(_name(i) for i in v)
+
+
+def _numbers(v: Any) -> bool:
+    return OmegaConf.is_list(v) and len(v) > 0 and all(_number(i) for i in v)
+
+
+def _device(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None
+
+
+Rule = tuple[str, Callable[[Any], bool], str]
+
+RULES: list[Rule] = [
+    ("optimizer.lr", lambda v: _number(v) and v > 0, "must be a number > 0"),
+    ("optimizer.weight_decay", lambda v: _number(v) and v >= 0, "must be a number >= 0"),
+    ("optimizer.momentum", lambda v: _number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
+    ("optimizer.backbone_lr_factor", lambda v: _number(v) and v > 0, "must be a number > 0 (backbone lr = optimizer.lr x this)"),
+    ("data.batch_size", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
+    ("data.num_workers", lambda v: _int(v) and v >= 0, "must be an integer >= 0"),
+    ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "must be a number in (0, 1)"),
+    ("data.image_size", lambda v: _int(v) and v >= 4, "must be an integer >= 4 (pixels)"),
+    ("data.channels", _one_of(1, 3), "allowed: 1, 3"),
+    ("data.augment", _one_of("standard", "crop", "flip", "none"), "allowed: standard, crop, flip, none"),
+    ("data.on_bad_file", _one_of("skip", "error"), "allowed: skip, error"),
+    ("data.device_resident", _one_of("auto", True, False), "allowed: auto, true, false"),
+    ("data.source", _one_of("folder", "oxford_pets"), "allowed: folder, oxford_pets"),
+    ("data.download", _one_of(True, False), "allowed: true, false"),
+    ("data.cache", _one_of(True, False), "allowed: true, false"),
+    ("data.cache_dir", _optional(_name), "must be null or a directory"),
+    ("data.mean", lambda v: _numbers(v) and all(0 <= m <= 1 for m in v), "must be a list of numbers in [0, 1], one per channel"),
+    ("data.std", lambda v: _numbers(v) and all(s > 0 for s in v), "must be a list of numbers > 0, one per channel"),
+    ("data.class_weights", _one_of(None, "balanced"), "allowed: null, balanced"),
+    ("data.path", _name, "must be the path of a CSV file"),
+    ("data.target", _name, "must be the name of a column of data.path"),
+    ("data.features", _optional(_names), "must be null (every column but the target) or a list of column names"),
+    ("data.drop", _names, "must be a list of column names, e.g. [id,date]"),
+    ("data.categorical", _names, "must be a list of column names, e.g. [city,model]"),
+    ("data.task", _one_of("auto", "classification", "regression"), "allowed: auto, classification, regression"),
+    ("model.dropout", lambda v: _number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
+    ("model.hidden", _int_list, "must be a non-empty list of integers >= 1, e.g. [256,128]"),
+    ("model.channels", _int_list, "must be a non-empty list of integers >= 1, e.g. [32,64]"),
+    ("model.activation", _one_of("relu", "gelu", "tanh", "sigmoid", "silu"),
+     "allowed: relu, gelu, tanh, sigmoid, silu"),
+    ("model.kernel_size", lambda v: _int(v) and v >= 1 and v % 2 == 1, "must be an odd integer >= 1"),
+    ("model.pool", _one_of("max", "avg"), "allowed: max, avg"),
+    ("model.freeze", _one_of(None, "backbone"), "allowed: null, backbone"),
+    ("loss.label_smoothing", lambda v: _number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
+    ("scheduler.warmup_epochs", lambda v: _number(v) and v >= 0, "must be a number >= 0"),
+    ("scheduler.step_epochs", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
+    ("scheduler.gamma", lambda v: _number(v) and 0 < v <= 1, "must be a number in (0, 1]"),
+    ("scheduler.min_lr", lambda v: _number(v) and v >= 0, "must be a number >= 0"),
+    ("scheduler.max_lr_factor", lambda v: _number(v) and v >= 1, "must be a number >= 1"),
+    ("scheduler.pct_start", lambda v: _number(v) and 0 < v < 1, "must be a number in (0, 1)"),
+    ("trainer.max_epochs", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
+    ("trainer.device", _device, "allowed: auto, cpu, cuda, cuda:N"),
+    ("trainer.devices", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
+    ("trainer.seed", lambda v: _int(v) and v >= 0, "must be an integer >= 0"),
+    ("trainer.precision", _one_of("auto", 32, "32", "bf16", 16, "16"), "allowed: auto, 32, bf16, 16"),
+    ("trainer.compile", _one_of(True, False), "allowed: true, false"),
+    ("trainer.channels_last", _one_of("auto", True, False), "allowed: auto, true, false"),
+    ("trainer.threads", _optional(lambda v: _int(v) and v >= 1), "must be null or an integer >= 1"),
+    ("trainer.grad_clip", _optional(lambda v: _number(v) and v > 0), "must be null or a number > 0"),
+    ("trainer.accumulate_grad_batches", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
+    ("trainer.ema_decay", _optional(lambda v: _number(v) and 0 < v < 1), "must be null or a number in (0, 1)"),
+    ("trainer.divergence_factor", _optional(lambda v: _number(v) and v > 1), "must be null or a number > 1"),
+    ("trainer.log_every_n_steps", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
+    ("trainer.limit_train_batches", _optional(lambda v: _int(v) and v >= 1), "must be null or an integer >= 1"),
+    ("trainer.overfit_batches", _optional(lambda v: _int(v) and v >= 1), "must be null or an integer >= 1"),
+    ("trainer.limit_val_batches", _optional(lambda v: _int(v) and v >= 1), "must be null or an integer >= 1"),
+    ("trainer.eval_batch_size", _optional(lambda v: _int(v) and v >= 1), "must be null or an integer >= 1"),
+    ("early_stopping.monitor", _one_of(*MONITORS), "allowed: " + ", ".join(MONITORS)),
+    ("early_stopping.mode", _one_of("auto", "min", "max"), "allowed: auto, min, max"),
+    ("early_stopping.patience", _optional(lambda v: _int(v) and v >= 1), "must be null or an integer >= 1"),
+    ("early_stopping.min_delta", lambda v: _number(v) and v >= 0, "must be a number >= 0"),
+    ("early_stopping.overfit_patience", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
+    ("checkpoint.save_top_k", lambda v: _int(v) and v >= 0, "must be an integer >= 0"),
+    ("trainer.checkpoint_every_n_steps", _optional(lambda v: _int(v) and v >= 1), "must be null or an integer >= 1"),
+    ("lr_find.min_lr", lambda v: _number(v) and v > 0, "must be a number > 0"),
+    ("lr_find.max_lr", lambda v: _number(v) and v > 0, "must be a number > 0"),
+    ("lr_find.steps", lambda v: _int(v) and v >= 10, "must be an integer >= 10"),
+    ("lr_find.diverge_factor", lambda v: _number(v) and v > 1, "must be a number > 1"),
+]
+
+# Keys holding paths that must exist before a run starts, and what they are for.
+PATH_KEYS = {
+    "data.path": "a CSV file",
+    "model.init_from": "a nettrain checkpoint or run dir",
+    "resume": "a run dir or checkpoint",
+}
+
+
+def absolute(path: str) -> str:
+    """A user's path, `~` expanded and made absolute against the directory they ran from."""
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+# Paths a run records in its config: made absolute before it starts, so the checkpoint's config
+# means the same files from any directory (eval, predict, resume, fine-tuning).
+RECORDED_PATHS = ("data.root", "data.path", "data.cache_dir", "model.init_from", "model.pretrained", "resume")
+
+
+def absolute_paths(cfg: DictConfig) -> None:
+    for key in RECORDED_PATHS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, str) and not (key == "model.pretrained" and value == "imagenet"):
+            OmegaConf.update(cfg, key, absolute(value))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every value a run depends on; raise a one-line `UserError` on the first bad one."""
+    for key in sorted(OmegaConf.missing_keys(cfg)):
+        group = key.split(".")[0]
+        chosen = OmegaConf.select(cfg, f"{group}.name", default=None, throw_on_missing=False)
+        needs = f"{group}={chosen} needs it" if chosen else "it has no default"
+        raise UserError(f"missing {key}: {needs}; give it on the command line as {key}=...")
+    for key, check, allowed in RULES:
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT and not check(value):
+            raise invalid(key, value, allowed)
+    data = cfg.get("data")
+    if data is not None and "root" in data:
+        if not data.get("download", False) and not Path(absolute(data.root)).exists():
+            raise invalid("data.root", data.root, "no such directory (give an existing folder)")
+    for key, what in PATH_KEYS.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, str) and not Path(absolute(value)).exists():
+            raise invalid(key, value, f"no such file or directory (expected {what})")
+    pretrained = OmegaConf.select(cfg, "model.pretrained", default=None)
+    if pretrained not in (None, "imagenet") and not Path(absolute(pretrained)).is_file():
+        raise invalid("model.pretrained", pretrained, "allowed: null, imagenet, or the path of a state-dict file")
+
+
+_ABSENT = object()

@@ -1,0 +1,64 @@
+"""Datasets: one builder per `data.name`, each returning loaders plus the `DataSpec` a model is built from.
+
+To add a dataset, write `build(cfg, ctx) -> Data` in a module here and name it in `BUILDERS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+
+from nettrain.data.loaders import BatchTransform, Loader, TensorLoader
+from nettrain.data.spec import DataSpec
+from nettrain.errors import invalid
+
+# data.name -> module whose `build(cfg, ctx)` makes the data (imported only when chosen).
+BUILDERS: dict[str, str] = {
+    "digits": "nettrain.data.digits",
+    "imagefolder": "nettrain.data.imagefolder",
+    "mnist": "nettrain.data.standard",
+    "fashion_mnist": "nettrain.data.standard",
+    "cifar10": "nettrain.data.standard",
+    "csv": "nettrain.data.tabular",
+}
+
+
+@dataclass
+class Data:
+    spec: DataSpec
+    train: Loader
+    val: Loader
+    test: Loader | None = None
+    class_weights: list[float] | None = None  # per class, for a weighted loss (rare positives)
+
+
+@dataclass
+class DataContext:
+    """What a builder needs to know about the run, beyond its own config."""
+
+    seed: int = 0
+    device: torch.device = torch.device("cpu")
+    resident: bool = False          # put in-memory data on `device` once, not per batch
+    eval_batch_size: int | None = None
+    rank: int = 0
+    world_size: int = 1
+
+
+def tensor_loader(x: torch.Tensor, y: torch.Tensor, cfg: DictConfig, ctx: DataContext, *, train: bool,
+                  transform: BatchTransform | None = None) -> TensorLoader:
+    """In-memory data as a split's loader: shuffled, full batches for training; the eval batch size,
+    in order, for evaluation; resident on the training device when the run asks for it."""
+    loader = TensorLoader(x, y, batch_size=cfg.batch_size if train else ctx.eval_batch_size or cfg.batch_size,
+                          shuffle=train, drop_last=train, seed=ctx.seed, transform=transform,
+                          rank=ctx.rank, world_size=ctx.world_size)
+    return loader.to(ctx.device) if ctx.resident else loader
+
+
+def build_data(cfg: DictConfig, ctx: DataContext) -> Data:
+    """The loaders and spec for `cfg` (the `data` config group)."""
+    if cfg.name not in BUILDERS:
+        raise invalid("data.name", cfg.name, "allowed: " + ", ".join(BUILDERS))
+    return importlib.import_module(BUILDERS[cfg.name]).build(cfg, ctx)

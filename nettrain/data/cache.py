@@ -1,0 +1,107 @@
+"""Decode once: every image of a folder decoded and resized a single time into one uint8 tensor file.
+
+The file's name carries a key of everything that decides its contents (each file's relative path,
+size and mtime, the image size and channels), so any change to the folder or the settings makes a
+new cache and removes the stale one. It is written atomically: an interrupted caching pass leaves
+no partial file. Files that could not be decoded are recorded in it, so later runs skip them
+without opening them again.
+
+Where: `data.cache_dir`, by default `<data.root>/.nettrain_cache` (hidden, so never scanned as a
+class), or `~/.cache/nettrain` ($XDG_CACHE_HOME) when the data's folder is read-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from nettrain.checkpoint import CheckpointWriteError, atomic_write_bytes
+from nettrain.data.transforms import BadImageError, decode
+from nettrain.errors import invalid
+
+log = logging.getLogger("nettrain")
+
+FORMAT = "nettrain-image-cache-v1"
+
+
+def decode_each(files: Sequence[Path], image_size: int, channels: int, description: str
+                ) -> Iterator[tuple[int, Tensor | BadImageError]]:
+    """(index, uint8 image or the error) for every file, decoded on a thread per core (Pillow
+    releases the GIL while decoding and resizing), with a progress bar on a terminal."""
+    from rich.progress import track
+
+    from nettrain.logs import console
+    from nettrain.runtime import available_cores
+
+    def one(path: Path) -> Tensor | BadImageError:
+        try:
+            return decode(path, image_size, channels)
+        except BadImageError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=available_cores()) as pool:
+        results = pool.map(one, files)
+        yield from enumerate(track(results, total=len(files), description=description, console=console,
+                                   transient=True, disable=not console.is_terminal))
+
+
+def default_cache_dir(root: Path) -> Path:
+    if os.access(root, os.W_OK):
+        return root / ".nettrain_cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nettrain"
+
+
+def _cache_file(cache_dir: Path, root: Path, name: str, files: Sequence[Path], image_size: int,
+                channels: int) -> tuple[Path, str]:
+    """The cache file for this exact file list and settings, and the prefix its stale versions share."""
+    stats = []
+    for path in files:
+        st = path.stat()
+        stats.append([str(path.relative_to(root)) if path.is_relative_to(root) else str(path), st.st_size, st.st_mtime_ns])
+    key = hashlib.sha256(json.dumps([FORMAT, image_size, channels, stats]).encode()).hexdigest()[:20]
+    where = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    prefix = f"{name}-{image_size}px-{channels}ch-{where}-"
+    return cache_dir / f"{prefix}{key}.pt", prefix
+
+
+def cached_images(files: Sequence[Path], *, root: Path, name: str, image_size: int, channels: int,
+                  cache_dir: Path) -> tuple[Tensor, dict[int, str]]:
+    """uint8 [N, C, S, S] images of `files` (zeros where unreadable) and {index: reason} of the
+    unreadable ones, from the cache when it is current, else decoded now and cached."""
+    path, prefix = _cache_file(cache_dir, root, name, files, image_size, channels)
+    if path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if saved.get("format") == FORMAT and len(saved["images"]) == len(files):
+                log.info("%s: %d images from the cache %s", name, len(files), path)
+                return saved["images"], {int(k): v for k, v in saved["bad"].items()}
+        except Exception as e:  # noqa: BLE001 - an unreadable cache is rebuilt, never trusted
+            log.warning("rebuilding the image cache %s: %s", path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+    images = torch.zeros(len(files), channels, image_size, image_size, dtype=torch.uint8)
+    bad: dict[int, str] = {}
+    log.info("%s: decoding %d images once into the cache (%d px)", name, len(files), image_size)
+    for i, result in decode_each(files, image_size, channels, f"caching {name} images"):
+        if isinstance(result, BadImageError):
+            bad[i] = str(result)
+        else:
+            images[i] = result
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "images": images, "bad": {str(k): v for k, v in bad.items()}}, buffer)
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except CheckpointWriteError as e:
+        raise invalid("data.cache_dir", str(cache_dir), f"cannot write the image cache there ({e})") from None
+    for stale in cache_dir.glob(f"{prefix}*.pt"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    log.info("%s: cached %d images (%d px, %d channel(s)) in %s", name, len(files), image_size, channels, path)
+    return images, bad

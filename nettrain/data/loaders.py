@@ -1,0 +1,135 @@
+"""Batches for the training loop, by one rule: the same seed and epoch give the same batches.
+
+`batch_plan` decides which samples form each batch (shuffled per epoch by a generator seeded with
+the run's seed and the epoch number, sharded across data-parallel ranks). Two loaders follow it:
+`TensorLoader` slices whole in-memory tensors (no per-sample work at all), `StreamLoader` feeds the
+same plan to a torch DataLoader for data that is decoded on the fly. Because the plan depends only
+on (seed, epoch), a resumed run replays the exact data order, and `start` skips the batches an
+interrupted epoch already used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+# (x, epoch, batch index) -> x: a per-batch transform applied on the loader's device,
+# e.g. normalization and augmentation of uint8 images already resident on the GPU.
+BatchTransform = Callable[[Tensor, int, int], Tensor]
+
+
+def batch_plan(n: int, batch_size: int, *, epoch: int, seed: int, shuffle: bool, drop_last: bool,
+               rank: int = 0, world_size: int = 1) -> list[Tensor]:
+    """Index tensors of this rank's batches for one epoch.
+
+    With several ranks each takes every world_size-th sample of the epoch's order, so the ranks'
+    batch k together are exactly the single-process batch k of size batch_size x world_size.
+    Training drops a last partial batch (when there is at least one full one), which keeps every
+    rank at the same number of steps; evaluation keeps all samples, each on exactly one rank.
+    """
+    if shuffle:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=g)
+    else:
+        order = torch.arange(n)
+    global_batch = batch_size * world_size
+    if drop_last and n >= global_batch:
+        order = order[: n - n % global_batch]
+    mine = order[rank::world_size]
+    return list(mine.split(batch_size))
+
+
+class TensorLoader:
+    """In-memory data served by slicing: one permutation per epoch, no __getitem__, no collate."""
+
+    def __init__(self, x: Tensor, y: Tensor, *, batch_size: int, shuffle: bool, seed: int,
+                 drop_last: bool, transform: BatchTransform | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.x, self.y = x, y
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.transform = transform
+        self.rank, self.world_size = rank, world_size
+        self.device = x.device
+
+    def to(self, device: torch.device) -> TensorLoader:
+        """Keep the data resident on `device` (the GPU): batches then never cross the bus."""
+        self.x, self.y, self.device = self.x.to(device), self.y.to(device), torch.device(device)
+        return self
+
+    def plan(self, epoch: int) -> list[Tensor]:
+        return batch_plan(len(self.y), self.batch_size, epoch=epoch, seed=self.seed, shuffle=self.shuffle,
+                          drop_last=self.drop_last, rank=self.rank, world_size=self.world_size)
+
+    def __len__(self) -> int:
+        return len(self.plan(0))
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.y)
+
+    def batches(self, epoch: int, start: int = 0, device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """This epoch's batches from batch `start` on, moved to `device` (a no-op when resident)."""
+        for i, idx in enumerate(self.plan(epoch)[start:], start):
+            idx = idx.to(self.device, non_blocking=True)
+            x, y = self.x.index_select(0, idx), self.y.index_select(0, idx)
+            if device is not None:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if self.transform is not None:
+                x = self.transform(x, epoch, i)
+            yield x, y
+
+
+class _PlanSampler:
+    """A batch sampler that yields `batch_plan` for the epoch set by the loader."""
+
+    def __init__(self, loader: StreamLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for idx in self.loader.plan(self.loader.epoch)[self.loader.start:]:
+            yield idx.tolist()
+
+    def __len__(self) -> int:
+        return len(self.loader.plan(self.loader.epoch)) - self.loader.start
+
+
+class StreamLoader:
+    """A Dataset decoded on the fly by DataLoader workers, batched by the same plan as TensorLoader."""
+
+    def __init__(self, dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool,
+                 num_workers: int = 0, pin_memory: bool = False, transform: BatchTransform | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.dataset = dataset
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.transform = transform
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+        self.loader = DataLoader(dataset, batch_sampler=_PlanSampler(self), num_workers=num_workers,
+                                 pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                                 generator=torch.Generator().manual_seed(seed))
+
+    def plan(self, epoch: int) -> list[Tensor]:
+        return batch_plan(len(self.dataset), self.batch_size, epoch=epoch, seed=self.seed, shuffle=self.shuffle,
+                          drop_last=self.drop_last, rank=self.rank, world_size=self.world_size)
+
+    def __len__(self) -> int:
+        return len(self.plan(0))
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def batches(self, epoch: int, start: int = 0, device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        self.epoch, self.start = epoch, start
+        for i, (x, y) in enumerate(self.loader, start):
+            if device is not None:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if self.transform is not None:
+                x = self.transform(x, epoch, i)
+            yield x, y
+
+
+Loader = TensorLoader | StreamLoader

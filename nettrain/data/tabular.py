@@ -1,0 +1,183 @@
+"""Rows of a CSV file (`data=csv`): sensor readings, transactions, measurements.
+
+Columns: `data.target` is what to predict; the features are `data.features` (default: every other
+column, less `data.drop`). Columns named in `data.categorical` are one-hot encoded over the
+categories seen in the training split; every other feature must be numeric and is standardized
+with the training split's mean and standard deviation.
+
+Missing values: a missing number becomes the training mean (0 after standardizing); a missing
+category is a category of its own ("<missing>"); a category never seen in training encodes as all
+zeros. Rows without a target are left out (counted in the log).
+
+The statistics and vocabularies are stored in the spec's preprocessing (kind "tabular"), so
+`encode_rows` turns new rows into exactly the inputs the model was trained on, from the checkpoint
+alone. `data.task=auto` is regression when the target holds non-integer numbers, else classification.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from nettrain.config import absolute
+from nettrain.data import Data, DataContext, tensor_loader
+from nettrain.data.labels import balanced_weights, split_indices
+from nettrain.data.spec import DataSpec
+from nettrain.errors import UserError, invalid
+
+log = logging.getLogger("nettrain")
+
+MISSING = "<missing>"
+
+
+def read_table(path: str | Path, categorical: list[str] = ()) -> Any:
+    """The CSV at `path` as a pandas DataFrame (categorical columns kept as text)."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path, dtype={c: str for c in categorical}, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path} is empty: a CSV file needs a header line and at least one row") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
+        raise UserError(f"cannot read {path} as CSV: {str(e).strip().splitlines()[0]}") from None
+    if table.empty:
+        raise UserError(f"{path} has no rows (only a header): nothing to train on")
+    return table
+
+
+def numeric_column(column: Any, name: str, path: str | Path) -> Any:
+    """The column as floats, or a one-line error naming a value that is not a number."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return column.astype("float64")
+    parsed = pd.to_numeric(column, errors="coerce")
+    bad = column[parsed.isna() & column.notna()]
+    if len(bad):
+        raise UserError(f"column {name!r} of {path} is not numeric (e.g. {bad.iloc[0]!r} on line {bad.index[0] + 2}); "
+                        f"declare it categorical with data.categorical=[{name}] or leave it out with data.drop=[{name}]")
+    return parsed.astype("float64")
+
+
+def choose_columns(table: Any, cfg: DictConfig, path: str) -> tuple[list[str], list[str]]:
+    """(features in order, the categorical ones), every name checked against the file's header."""
+    columns = list(table.columns)
+    if cfg.target not in columns:
+        raise invalid("data.target", cfg.target, f"no such column in {path}; its columns: {', '.join(columns)}")
+    for key in ("features", "drop", "categorical"):
+        for name in cfg.get(key) or []:
+            if name not in columns:
+                raise invalid(f"data.{key}", name, f"no such column in {path}; its columns: {', '.join(columns)}")
+    drop = set(cfg.get("drop") or [])
+    features = list(cfg.features) if cfg.get("features") else [c for c in columns if c != cfg.target and c not in drop]
+    if cfg.target in features:
+        raise invalid("data.features", cfg.target, "the target column cannot also be a feature")
+    if not features:
+        raise UserError(f"no feature columns left in {path} (target {cfg.target!r}, dropped: {', '.join(drop)})")
+    categorical = [c for c in features if c in set(cfg.get("categorical") or [])]
+    return features, categorical
+
+
+def fit_preprocessing(rows: Any, features: list[str], categorical: list[str], path: str | Path) -> dict[str, Any]:
+    """Statistics and vocabularies of the training rows: everything `encode_rows` needs."""
+    numeric, fill, categories = {}, {}, {}
+    for name in features:
+        if name in categorical:
+            categories[name] = sorted(set(rows[name].fillna(MISSING).astype(str)))
+            continue
+        values = numeric_column(rows[name], name, path)
+        mean = float(values.mean()) if values.notna().any() else 0.0
+        std = float(values.std(ddof=0)) if values.notna().any() else 1.0
+        numeric[name] = [mean, std if np.isfinite(std) and std > 0 else 1.0]  # constant column: centred only
+        fill[name] = mean
+    return {"kind": "tabular", "features": features, "numeric": numeric, "fill": fill, "categories": categories,
+            "missing": MISSING}
+
+
+def encode_rows(rows: Any, preprocessing: dict[str, Any]) -> Tensor:
+    """float32 [rows, inputs] model inputs for `rows` (a pandas DataFrame or the path of a CSV file
+    with at least the feature columns), encoded with a checkpoint's spec.preprocessing."""
+    if preprocessing.get("kind") != "tabular":
+        raise UserError(f"this model was trained on {preprocessing.get('kind', 'unknown')} data, not CSV rows")
+    source = rows if isinstance(rows, (str, Path)) else "the input"
+    if isinstance(rows, (str, Path)):
+        rows = read_table(rows, list(preprocessing["categories"]))
+    absent = [c for c in preprocessing["features"] if c not in rows.columns]
+    if absent:
+        raise UserError(f"{source} has no column {absent[0]!r}; the model needs: {', '.join(preprocessing['features'])}")
+    blocks = []
+    for name in preprocessing["features"]:
+        if name in preprocessing["categories"]:
+            values = rows[name].fillna(preprocessing.get("missing", MISSING)).astype(str).to_numpy()
+            blocks.append(values[:, None] == np.asarray(preprocessing["categories"][name], dtype=object)[None, :])
+        else:
+            mean, std = preprocessing["numeric"][name]
+            values = numeric_column(rows[name], name, source).fillna(preprocessing["fill"][name]).to_numpy()
+            blocks.append(((values - mean) / std)[:, None])
+    return torch.from_numpy(np.concatenate(blocks, axis=1).astype(np.float32))
+
+
+def detect_task(target: Any, requested: str) -> str:
+    import pandas as pd
+
+    if requested != "auto":
+        return requested
+    if pd.api.types.is_float_dtype(target) and not (target.dropna() == target.dropna().round()).all():
+        return "regression"
+    return "classification"
+
+
+def _classes(target: Any) -> tuple[list[str], list[int]]:
+    """Class names (the distinct values, sorted: numbers in numeric order, 1.0 shown as 1) and
+    each row's class index."""
+    import pandas as pd
+
+    if not pd.api.types.is_numeric_dtype(target):
+        target = target.astype(str)
+    values = sorted(target.unique())
+    names = [str(int(v)) if isinstance(v, (int, float, np.number)) and float(v).is_integer() else str(v) for v in values]
+    index = {v: i for i, v in enumerate(values)}
+    return names, [index[v] for v in target]
+
+
+def build(cfg: DictConfig, ctx: DataContext) -> Data:
+    path = absolute(cfg.path)
+    table = read_table(path, list(cfg.get("categorical") or []))
+    features, categorical = choose_columns(table, cfg, path)
+    unlabelled = int(table[cfg.target].isna().sum())
+    if unlabelled:
+        log.warning("%s: %d row(s) without a %r value left out", path, unlabelled, cfg.target)
+        table = table[table[cfg.target].notna()]  # keeps the row labels: errors name the file line
+    if table.empty:
+        raise UserError(f"{path}: no row has a value in the target column {cfg.target!r}")
+    task = detect_task(table[cfg.target], cfg.task)
+    if task == "regression":
+        y = torch.tensor(numeric_column(table[cfg.target], cfg.target, path).to_numpy(), dtype=torch.float32)
+        class_names: list[str] = []
+        train_idx, val_idx = split_indices(y.tolist(), cfg.val_fraction, ctx.seed, stratify=False, what=path)
+    else:
+        class_names, labels = _classes(table[cfg.target])
+        y = torch.tensor(labels, dtype=torch.long)
+        train_idx, val_idx = split_indices(y.tolist(), cfg.val_fraction, ctx.seed, class_names=class_names, what=path)
+    preprocessing = fit_preprocessing(table.iloc[train_idx], features, categorical, path)
+    x = encode_rows(table, preprocessing)
+    spec = DataSpec(input_shape=[x.shape[1]], num_classes=len(class_names) if class_names else 1,
+                    class_names=class_names, task=task, preprocessing=preprocessing)
+    train_idx, val_idx = torch.tensor(train_idx), torch.tensor(val_idx)
+    counts = Counter(y[train_idx].tolist()) if class_names else {}
+    log.info("%s: %d train / %d val rows, %d features -> %d inputs (%d categorical), %s of %r%s", path,
+             len(train_idx), len(val_idx), len(features), x.shape[1], len(categorical), task, cfg.target,
+             f" into {len(class_names)} classes (" + ", ".join(f"{n} {counts[i]}" for i, n in enumerate(class_names[:10]))
+             + (", ..." if len(class_names) > 10 else "") + ")" if class_names else "")
+    return Data(spec=spec,
+                train=tensor_loader(x[train_idx], y[train_idx], cfg, ctx, train=True),
+                val=tensor_loader(x[val_idx], y[val_idx], cfg, ctx, train=False),
+                class_weights=balanced_weights(y[train_idx].tolist(), len(class_names))
+                if class_names and cfg.get("class_weights") == "balanced" else None)

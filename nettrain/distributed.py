@@ -1,0 +1,81 @@
+"""Data parallelism: joining the job's process group, and the few collective operations the loop
+needs. With one process each operation is a no-op, so the loop reads the same with or without DDP."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from nettrain.runtime import Runtime
+
+
+@contextmanager
+def process_group() -> Iterator[None]:
+    """Join the process group described by the environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT, as
+    torchrun and `nettrain.launch` set them) for the block: gloo carries CPU tensors, NCCL CUDA ones."""
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda and local_rank < torch.cuda.device_count():
+        torch.cuda.set_device(local_rank)  # before NCCL is used, so each rank owns its GPU
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj: Any = None) -> Any:
+    """Rank 0's `obj` on every rank (the job a torchrun rank 0 composed, for the other ranks)."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel around `model`; checkpoints keep saving the unwrapped model."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def all_reduce(tensor: torch.Tensor, rt: Runtime) -> None:
+    """Sum `tensor` over ranks in place (metric totals), so every rank reports the whole data."""
+    if rt.distributed:
+        dist.all_reduce(tensor)
+
+
+def all_gather(tensor: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    """Every rank's `tensor`, stacked in rank order (one row per rank)."""
+    if not rt.distributed:
+        return tensor.unsqueeze(0)
+    parts = [torch.empty_like(tensor) for _ in range(rt.world_size)]
+    dist.all_gather(parts, tensor)
+    return torch.stack(parts)
+
+
+def any_rank(flag: bool, rt: Runtime) -> bool:
+    """True on every rank when `flag` is true on any (a stop request): ranks stop together."""
+    if not rt.distributed:
+        return flag
+    t = torch.tensor([float(flag)], device=rt.device)
+    dist.all_reduce(t)
+    return bool(t.item())
+
+
+def broadcast_buffers(model: nn.Module, rt: Runtime) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank: each rank's last training step
+    updated its own, and validation and checkpoints must measure one model."""
+    if rt.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def barrier(rt: Runtime) -> None:
+    if rt.distributed:
+        dist.barrier()

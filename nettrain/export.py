@@ -1,0 +1,183 @@
+"""`nettrain export`: a checkpoint as an ONNX or TorchScript file for serving and edge devices.
+
+The model is exported with a dynamic batch size, then run on sample inputs of other batch sizes
+next to the PyTorch model; only when the outputs agree (max abs diff <= TOLERANCE) is it moved into
+place, with the preprocessing it needs in a JSON file beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nettrain.config import absolute
+from nettrain.errors import UserError
+from nettrain.inference import Loaded, load_model, one_of, parse_args, run_command
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("nettrain")
+
+USAGE = """
+usage: nettrain export ckpt=PATH [format=onnx|torchscript] [output=FILE|DIR]
+
+Export a checkpoint (a .pt file, or a run dir for its checkpoints/best.pt) with a dynamic batch
+size. The export is checked against the PyTorch model on sample inputs (max abs diff reported,
+at most 1e-4) before anything is written. Beside the model, a .json file of the same name holds
+what a program needs to use it: input shape, preprocessing (image size, channels, mean, std, or
+the tabular statistics), class names, and the input/output names.
+
+Default output: RUN_DIR/export/CKPT_NAME.onnx (or .torchscript.pt).
+
+examples:
+  nettrain export ckpt=outputs/2025-01-31/12-00-00 format=onnx
+  nettrain export ckpt=outputs/2025-01-31/12-00-00/checkpoints/best.pt format=torchscript output=model.pt
+"""
+
+DEFAULTS: dict[str, Any] = {"ckpt": None, "format": "onnx", "output": None}
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+TOLERANCE = 1e-4
+CHECK_BATCH_SIZES = (1, 3)  # differ from the export's batch of 2: proves the batch size is dynamic
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+
+
+class ExportCheckError(UserError):
+    """The exported model does not compute what the PyTorch model does; nothing was written."""
+
+    exit_code = 1
+
+
+def export_checkpoint(ckpt: str | Path, fmt: str = "onnx",
+                      output: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """Export, check and write the model and its JSON; returns the model's path and what the JSON holds."""
+    import torch
+
+    one_of("format", fmt, tuple(FORMATS))
+    loaded = load_model(ckpt, "cpu")
+    target = _output_path(loaded, fmt, output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(2, *loaded.spec.input_shape, generator=generator)
+    try:
+        (_onnx if fmt == "onnx" else _torchscript)(loaded.model, example, tmp)
+        run = _onnx_runner(tmp) if fmt == "onnx" else _torchscript_runner(tmp)
+        diff = max_abs_diff(loaded.model, run, [torch.randn(n, *loaded.spec.input_shape, generator=generator)
+                                                for n in CHECK_BATCH_SIZES])
+        if not diff <= TOLERANCE:
+            raise ExportCheckError(f"the {fmt} export does not match the PyTorch model: max abs diff {diff:.3g} > "
+                                   f"{TOLERANCE:g} on sample inputs; nothing written")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    info = describe(loaded, fmt, target, diff)
+    from nettrain.checkpoint import atomic_write_text
+
+    atomic_write_text(target.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
+    return target, info
+
+
+def _output_path(loaded: Loaded, fmt: str, output: str | Path | None) -> Path:
+    name = loaded.path.stem + FORMATS[fmt]
+    if output is None:
+        return loaded.run_dir / "export" / name
+    path = Path(absolute(str(output)))
+    return path / name if path.is_dir() else path
+
+
+def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    import torch
+
+    try:
+        import onnx  # noqa: F401  (the exporter needs onnx and onnxscript; the check needs onnxruntime)
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"format=onnx needs the {e.name} package: pip install onnx onnxscript onnxruntime") from None
+    for name in ("onnxscript", "onnx_ir"):  # their optimizer passes log every step at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
+                          external_data=False)  # one self-contained file (models up to protobuf's 2 GB)
+    except Exception as e:  # noqa: BLE001 - the exporter raises many kinds; the first line names the op
+        raise ExportCheckError(f"torch.onnx.export failed: {_first_line(e)}") from None
+
+
+def _torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    import torch
+
+    with _jit_deprecation_silenced():
+        traced = torch.jit.trace(model, example)
+    traced.save(str(path))
+
+
+def _onnx_runner(path: Path) -> Any:
+    import onnxruntime
+    import torch
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+
+
+def _torchscript_runner(path: Path) -> Any:
+    import torch
+
+    with _jit_deprecation_silenced():
+        return torch.jit.load(str(path), map_location="cpu")
+
+
+@contextmanager
+def _jit_deprecation_silenced() -> Iterator[None]:
+    """TorchScript is deprecated in favour of torch.export, but it is still what LibTorch (C++) and
+    PyTorch Mobile load, so exporting it is deliberate: its warnings would only confuse."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated")
+        yield
+
+
+def max_abs_diff(model: torch.nn.Module, run: Any, inputs: list[torch.Tensor]) -> float:
+    """The largest |exported - PyTorch| over the outputs for `inputs`."""
+    import torch
+
+    with torch.inference_mode():
+        return max(float((run(x) - model(x)).abs().max()) for x in inputs)
+
+
+def describe(loaded: Loaded, fmt: str, target: Path, diff: float) -> dict[str, Any]:
+    """The JSON beside the model: everything needed to feed it and read its outputs."""
+    spec = loaded.spec
+    return {
+        "format": fmt, "model_file": target.name, "checkpoint": str(loaded.path), "model": loaded.config.model.name,
+        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "input_shape": ["batch", *spec.input_shape],
+        "dtype": "float32", "task": spec.task, "class_names": spec.class_names,
+        "outputs": ("one value per sample" if spec.task == "regression"
+                    else "logits, one per class in class_names order; softmax gives probabilities"),
+        "preprocessing": spec.preprocessing, "max_abs_diff": diff, "tolerance": TOLERANCE,
+    }
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def _export(argv: list[str]) -> int:
+    args = parse_args(argv, DEFAULTS, required=("ckpt",), paths=("ckpt", "output"))
+    target, info = export_checkpoint(args["ckpt"], args["format"], args["output"])
+    log.info("checked against PyTorch at batch sizes %s: max abs diff %.3g (tolerance %g)",
+             ", ".join(map(str, CHECK_BATCH_SIZES)), info["max_abs_diff"], TOLERANCE)
+    log.info("preprocessing and class names: %s", target.with_suffix(".json"))
+    print(target)  # stdout: the file, for scripts
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_command(_export, argv, USAGE)

@@ -1,0 +1,132 @@
+"""What the after-training commands (eval, predict, export, plot) share: `key=value` arguments,
+one-line errors, and a checkpoint turned back into a ready model.
+
+Torch is imported only inside `load_model`, so `--help` and argument errors answer at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nettrain.config import absolute
+from nettrain.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from nettrain.data.spec import DataSpec
+    from nettrain.models import Net
+
+
+def parse_args(argv: list[str], defaults: dict[str, Any], *, required: tuple[str, ...] = (),
+               paths: tuple[str, ...] = (), prefixes: tuple[str, ...] = (),
+               positional: str | None = None) -> dict[str, Any]:
+    """`key=value` arguments over `defaults`. Values of `paths` keys are kept verbatim (a file may
+    be called `1e3.png` or `#1.jpg`); the others are typed by OmegaConf (`top_k=3` is an int). Keys
+    under `prefixes` (e.g. `data.`) pass through as nested overrides; any other unknown key, a
+    missing required one or a malformed argument is an error. `positional` names the key a bare
+    first argument fills (`nettrain plot RUN_DIR`)."""
+    if positional and argv and "=" not in argv[0]:
+        argv = [f"{positional}={argv[0]}", *argv[1:]]
+    for arg in argv:
+        if "=" not in arg or arg.startswith("="):
+            raise UserError(f"expected key=value arguments, got {arg!r} (see --help)")
+    verbatim = {key: value for key, value in (a.split("=", 1) for a in argv) if key in paths}
+    typed = [a for a in argv if a.split("=", 1)[0] not in paths]
+    try:
+        given = OmegaConf.to_container(OmegaConf.from_dotlist(typed), resolve=True)
+    except OmegaConfBaseException as e:
+        raise UserError(f"cannot parse arguments {' '.join(typed)!r}: {str(e).splitlines()[0]}") from None
+    allowed = list(defaults) + [f"{p}..." for p in prefixes]
+    for key in given:
+        if key not in defaults and f"{key}." not in prefixes:
+            raise UserError(f"unknown argument {key}=...; allowed: {', '.join(allowed)}")
+    args = {**defaults, **given, **verbatim}
+    for key in required:
+        if args.get(key) in (None, ""):
+            raise UserError(f"missing {key}=... (see --help)")
+    return args
+
+
+def run_command(work: Callable[[list[str]], int], argv: list[str], usage: str) -> int:
+    """`--help` prints `usage`; a `UserError` anywhere in `work` ends with its one line and exit code."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage.strip())
+        return 0
+    from nettrain.logs import setup_plain_logging
+
+    setup_plain_logging()
+    try:
+        return work(argv)
+    except UserError as e:
+        print(f"nettrain: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def result_console() -> Any:
+    """A rich console on stdout for a command's result (logs go to stderr). Redirected to a file or
+    pipe, lines are never wrapped: long paths stay whole and greppable."""
+    from rich.console import Console
+
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        console.width = 10_000
+    return console
+
+
+def one_of(key: str, value: Any, allowed: tuple[Any, ...]) -> Any:
+    """`value` when it is one of `allowed`, else the one-line error naming both."""
+    from nettrain.errors import invalid
+
+    if value not in allowed:
+        raise invalid(key, value, "allowed: " + ", ".join(map(str, allowed)))
+    return value
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run dir holding `checkpoint` (checkpoints/best.pt -> the run dir)."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+@dataclass
+class Loaded:
+    """A checkpoint made ready for inference."""
+
+    model: Net                 # built from the checkpoint's config and spec, weights loaded, eval mode
+    spec: DataSpec
+    config: DictConfig         # the training run's resolved config
+    path: Path                 # the checkpoint file
+    device: torch.device
+
+    @property
+    def run_dir(self) -> Path:
+        return run_dir_of(self.path)
+
+
+def load_model(ckpt: str | Path, device: str = "cpu") -> Loaded:
+    """Build the checkpoint's model on `device` (`auto`, `cpu`, `cuda[:N]`) in eval mode.
+    A run dir means its checkpoints/best.pt."""
+    from nettrain.checkpoint import load_checkpoint
+    from nettrain.data.spec import DataSpec
+    from nettrain.models import build_model
+    from nettrain.runtime import resolve_device
+
+    one_of("device", str(device).split(":")[0], ("auto", "cpu", "cuda"))
+    target = resolve_device(str(device))
+    state = load_checkpoint(absolute(str(ckpt)))
+    spec = DataSpec.from_dict(state["spec"])
+    config = OmegaConf.create(state["config"])
+    model = build_model(config.model, spec)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise UserError(f"cannot load the weights of {state['path']} into model={config.model.name}: "
+                        f"{str(e).splitlines()[0]}") from None
+    return Loaded(model=model.to(target).eval(), spec=spec, config=config, path=Path(state["path"]), device=target)

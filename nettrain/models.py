@@ -1,0 +1,102 @@
+"""Model registry: every model is a `Net` of a backbone and a head, built from the data's spec.
+
+Shapes (channels, image size, classes, features) come from the `DataSpec`, never from the config.
+The backbone/head split is what fine-tuning uses: `model.freeze=backbone` trains only the head,
+and a checkpoint with a different number of classes re-initializes only the head.
+To add a model, write a function `(cfg, spec) -> Net` and name it in `MODELS`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from nettrain.data.spec import DataSpec
+from nettrain.errors import invalid
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU,
+}
+
+
+class Net(nn.Module):
+    """backbone -> features -> head -> outputs (logits, or values for regression)."""
+
+    def __init__(self, backbone: nn.Module, features: int, num_outputs: int, dropout: float,
+                 convolutional: bool) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, num_outputs))
+        self.convolutional = convolutional  # benefits from channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def mlp(cfg: DictConfig, spec: DataSpec) -> Net:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(spec.input_shape)
+    for hidden in cfg.hidden:
+        layers += [nn.Linear(width, hidden), ACTIVATIONS[cfg.activation](), nn.Dropout(cfg.dropout)]
+        width = hidden
+    # The last hidden layer's dropout is the head's own.
+    return Net(nn.Sequential(*layers[:-1]), width, spec.num_classes, cfg.dropout, convolutional=False)
+
+
+def cnn(cfg: DictConfig, spec: DataSpec) -> Net:
+    if not spec.is_image:
+        raise invalid("model", "cnn", f"needs image data, but the data has input shape {spec.input_shape}; use model=mlp")
+    channels, size = spec.input_shape[0], min(spec.input_shape[1:])
+    pool = nn.MaxPool2d if cfg.pool == "max" else nn.AvgPool2d
+    layers: list[nn.Module] = []
+    for out in cfg.channels:
+        layers += [nn.Conv2d(channels, out, cfg.kernel_size, padding=cfg.kernel_size // 2, bias=False),
+                   nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        if size >= 2:  # pool while there is something to pool: any input size works
+            layers.append(pool(2))
+            size //= 2
+        channels = out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return Net(nn.Sequential(*layers), channels, spec.num_classes, cfg.dropout, convolutional=True)
+
+
+def _resnet(depth: int) -> Callable[[DictConfig, DataSpec], Net]:
+    def build(cfg: DictConfig, spec: DataSpec) -> Net:
+        import torchvision
+
+        if not spec.is_image:
+            raise invalid("model", cfg.name, f"needs image data, but the data has input shape {spec.input_shape}; use model=mlp")
+        net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+        channels, size = spec.input_shape[0], max(spec.input_shape[1:])
+        if size <= 64:
+            # Small-image stem (as for CIFAR): a 3x3 stride-1 conv and no max-pool, so a 32 px
+            # image reaches the last stage at 4x4 instead of 1x1.
+            net.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        elif channels != 3:
+            net.conv1 = nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False)
+        features = net.fc.in_features
+        net.fc = nn.Identity()
+        return Net(net, features, spec.num_classes, cfg.dropout, convolutional=True)
+
+    return build
+
+
+MODELS: dict[str, Callable[[DictConfig, DataSpec], Net]] = {
+    "mlp": mlp,
+    "cnn": cnn,
+    "resnet18": _resnet(18),
+    "resnet34": _resnet(34),
+    "resnet50": _resnet(50),
+}
+
+
+def build_model(cfg: DictConfig, spec: DataSpec) -> Net:
+    """The network named by `cfg.name`, shaped for `spec`."""
+    if cfg.name not in MODELS:
+        raise invalid("model.name", cfg.name, "allowed: " + ", ".join(MODELS))
+    return MODELS[cfg.name](cfg, spec)

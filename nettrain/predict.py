@@ -1,0 +1,253 @@
+"""`nettrain predict`: classes and probabilities for new inputs, from the checkpoint alone.
+
+Inputs go through the same preprocessing validation used (`load_image` for images, `encode_rows`
+for CSV rows, both driven by the checkpoint's spec), in batches. An input that cannot be read is
+counted and named on stderr, and the others are still predicted. Results go to stdout: a table,
+JSON or CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nettrain.config import absolute
+from nettrain.errors import UserError, invalid
+from nettrain.inference import Loaded, load_model, one_of, parse_args, result_console, run_command
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+log = logging.getLogger("nettrain")
+
+USAGE = """
+usage: nettrain predict ckpt=PATH input=FILE|DIR|CSV [top_k=N] [format=table|json|csv]
+                        [batch_size=64] [device=auto|cpu|cuda]
+
+Predict the class of each input with its probabilities, using only what the checkpoint stores
+(class names, image size, normalization, tabular statistics). ckpt is a .pt file, or a run dir
+for its checkpoints/best.pt. input is an image, a folder of images (searched recursively), or
+for a model trained on tabular data a CSV file whose rows are predicted (each named FILE:LINE,
+the header being line 1). Unreadable inputs are reported on stderr and skipped.
+
+  top_k=N       the N most probable classes per input (default: 3 in the table, all in JSON)
+  format=table  a table on stdout (default); json: a list of {"input", "prediction",
+                "probabilities": {class: p}}; csv: input, prediction, one column per class.
+                Only the results go to stdout; logs and errors go to stderr.
+
+examples:
+  nettrain predict ckpt=outputs/2025-01-31/12-00-00 input=photo.jpg
+  nettrain predict ckpt=outputs/2025-01-31/12-00-00 input=photos/ format=json > predictions.json
+  nettrain predict ckpt=outputs/2025-01-31/12-00-00 input=new_rows.csv format=csv
+"""
+
+DEFAULTS: dict[str, Any] = {"ckpt": None, "input": None, "top_k": None, "format": "table", "batch_size": 64,
+                            "device": "auto"}
+FORMATS = ("table", "json", "csv")
+TABLE_TOP_K = 3
+FAILURES_SHOWN = 20
+
+
+@dataclass
+class Prediction:
+    input: str
+    prediction: str | float                  # a class name, or the value for regression
+    probabilities: dict[str, float] = field(default_factory=dict)  # every class, most probable first
+
+
+@dataclass
+class Results:
+    predictions: list[Prediction]
+    failures: list[tuple[str, str]]          # (input, why it could not be read)
+    class_names: list[str]
+
+
+def predict(ckpt: str | Path, source: str | Path, *, batch_size: int = 64, device: str = "auto") -> Results:
+    """Predictions for every readable input under `source` (a file, a folder, or a CSV of rows)."""
+    loaded = load_model(ckpt, device)
+    path = Path(absolute(str(source)))
+    if not path.exists():
+        raise invalid("input", str(source), "no such file or directory")
+    inputs, encode = _inputs(loaded, path, str(source))
+    results = Results([], [], loaded.spec.class_names)
+    with _progress(len(inputs), batch_size) as advance:
+        for start in range(0, len(inputs), batch_size):
+            chunk = inputs[start:start + batch_size]
+            names, batch = _encode(chunk, encode, results.failures)
+            if names:
+                results.predictions += _predict_batch(loaded, names, batch)
+            advance(len(chunk))
+    if not results.predictions:
+        if len(inputs) == 1:
+            raise UserError(results.failures[0][1])
+        raise UserError(f"none of the {len(inputs)} input(s) under {path} could be read "
+                        f"(first: {results.failures[0][0]}: {results.failures[0][1]})")
+    return results
+
+
+def _encode(chunk: list[tuple[str, Any]], encode: Callable[[list[Any]], Tensor],
+            failures: list[tuple[str, str]]) -> tuple[list[str], Tensor | None]:
+    """The readable inputs of `chunk` (names) as one batch; the unreadable ones go to `failures`."""
+    import torch
+
+    try:
+        return [name for name, _ in chunk], encode([raw for _, raw in chunk])
+    except UserError:  # some input is unreadable: encode one at a time to name it
+        names, rows = [], []
+        for name, raw in chunk:
+            try:
+                rows.append(encode([raw]))
+                names.append(name)
+            except UserError as e:
+                failures.append((name, str(e)))
+        return names, torch.cat(rows) if rows else None
+
+
+def _inputs(loaded: Loaded, path: Path, given: str) -> tuple[list[tuple[str, Any]], Callable[[list[Any]], Tensor]]:
+    """(name, raw input) pairs and the function turning raw inputs into a model batch. Names start
+    with the input path as `given`, so they read as the user wrote them."""
+    import torch
+
+    preprocessing = loaded.spec.preprocessing
+    kind = preprocessing.get("kind")
+    if kind == "image":
+        from nettrain.data.transforms import IMAGE_EXTENSIONS, load_image
+
+        if path.is_dir():
+            # Hidden files and folders (.DS_Store, ._photo.jpg, .nettrain_cache) are not inputs.
+            files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                           and not any(part.startswith(".") for part in f.relative_to(path).parts))
+            if not files:
+                raise invalid("input", str(path),
+                              f"no images in this folder (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        elif path.suffix.lower() == ".csv":
+            raise invalid("input", str(path), "this model takes images: give an image file or a folder of images")
+        else:
+            files = [path]
+        names = [given if f == path else str(Path(given) / f.relative_to(path)) for f in files]
+        return list(zip(names, files)), lambda raws: torch.stack([load_image(f, preprocessing) for f in raws])
+    if kind == "tabular":
+        from nettrain.data.tabular import encode_rows, read_table
+
+        if path.is_dir() or path.suffix.lower() != ".csv":
+            raise invalid("input", str(path), "this model was trained on tabular data: give a .csv file of rows")
+        table = read_table(path, list(preprocessing["categories"]))
+        try:
+            encode_rows(table.head(0), preprocessing)  # a missing column fails every row: say so once
+        except UserError as e:
+            raise UserError(f"input={given}: {e}") from None
+        # Rows are named FILE:LINE (the header is line 1), as the encoder's errors name them.
+        return [(f"{given}:{i + 2}", i) for i in range(len(table))], \
+            lambda raws: encode_rows(table.iloc[raws], preprocessing)
+    raise UserError(f"{loaded.path} records no preprocessing (kind={kind!r}): cannot turn files into inputs for it")
+
+
+def _predict_batch(loaded: Loaded, names: list[str], batch: Tensor) -> list[Prediction]:
+    import torch
+
+    with torch.inference_mode():
+        outputs = loaded.model(batch.to(loaded.device)).float().cpu()
+    if loaded.spec.task == "regression":
+        return [Prediction(name, float(value)) for name, value in zip(names, outputs.squeeze(-1).tolist())]
+    # Softmax for every classification loss: probabilities that sum to 1, ranked as the logits are.
+    probabilities = outputs.softmax(-1)
+    classes = loaded.spec.class_names
+    predictions = []
+    for name, p in zip(names, probabilities):
+        order = p.argsort(descending=True).tolist()
+        predictions.append(Prediction(name, classes[order[0]], {classes[i]: float(p[i]) for i in order}))
+    return predictions
+
+
+@contextmanager
+def _progress(total: int, batch_size: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr for more than one batch of inputs (on a terminal only)."""
+    from rich.progress import Progress
+
+    from nettrain.logs import console
+
+    with Progress(console=console, transient=True, disable=total <= batch_size or not console.is_terminal) as bar:
+        task = bar.add_task("predicting", total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def top(prediction: Prediction, k: int | None) -> dict[str, float]:
+    return dict(list(prediction.probabilities.items())[:k]) if k else prediction.probabilities
+
+
+def write_json(results: Results, top_k: int | None) -> None:
+    rows = [{"input": p.input, "prediction": p.prediction,
+             **({"probabilities": top(p, top_k)} if p.probabilities else {})} for p in results.predictions]
+    json.dump(rows, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def write_csv(results: Results) -> None:
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["input", "prediction", *results.class_names])
+    for p in results.predictions:
+        writer.writerow([p.input, p.prediction, *(f"{p.probabilities[c]:.6g}" for c in results.class_names)])
+
+
+def write_table(results: Results, top_k: int | None) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("input", overflow="fold")
+    table.add_column("prediction")
+    regression = not results.class_names
+    if not regression:
+        table.add_column("probabilities")
+    for p in results.predictions:
+        if regression:
+            table.add_row(escape(p.input), f"{p.prediction:.6g}")
+        else:
+            shown = "  ".join(f"{escape(c)} {v:.1%}" for c, v in top(p, top_k or TABLE_TOP_K).items())
+            table.add_row(escape(p.input), escape(str(p.prediction)), shown)
+    result_console().print(table)
+
+
+def report_failures(failures: list[tuple[str, str]], total: int) -> None:
+    """Every unreadable input named on stderr (the first FAILURES_SHOWN of them) and counted."""
+    if not failures:
+        return
+    log.warning("%d of %d input(s) could not be read and were skipped:", len(failures), total)
+    for name, why in failures[:FAILURES_SHOWN]:
+        log.warning("  %s", why if name in why else f"{name}: {why}")
+    if len(failures) > FAILURES_SHOWN:
+        log.warning("  ... and %d more", len(failures) - FAILURES_SHOWN)
+
+
+def _predict(argv: list[str]) -> int:
+    args = parse_args(argv, DEFAULTS, required=("ckpt", "input"), paths=("ckpt", "input"))
+    one_of("format", args["format"], FORMATS)
+    for key in ("top_k", "batch_size"):
+        value = args[key]
+        if key == "top_k" and value is None:
+            continue
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise invalid(key, value, "must be an integer >= 1")
+    results = predict(args["ckpt"], args["input"], batch_size=args["batch_size"], device=args["device"])
+    total = len(results.predictions) + len(results.failures)
+    report_failures(results.failures, total)
+    if args["format"] == "json":
+        write_json(results, args["top_k"])
+    elif args["format"] == "csv":
+        write_csv(results)
+    else:
+        write_table(results, args["top_k"])
+    log.info("predicted %d input(s)%s", len(results.predictions),
+             f", {len(results.failures)} unreadable" if results.failures else "")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_command(_predict, argv, USAGE)

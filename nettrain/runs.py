@@ -1,0 +1,171 @@
+"""`nettrain runs [DIR] [--sort METRIC]`: the runs under outputs/ in one table, newest first.
+
+A run is a dir Hydra made for `nettrain train` (it holds `.hydra/`) with a `metrics.json`. What the
+table shows comes from those files only, so it works for finished, failed and running runs alike.
+The sweep summary (`nettrain.sweep`) reads its jobs with the same `read_run`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from nettrain.config import absolute, monitor_mode
+from nettrain.errors import UserError, invalid
+
+USAGE = """
+usage: nettrain runs [DIR] [--sort METRIC]
+
+List the training runs under DIR (default: outputs), newest first: date, run dir, experiment
+(or model), overrides, status, best val loss and accuracy, epochs. Sweep jobs are runs too.
+--sort orders by a best metric instead, best first: val_loss, val_accuracy, val_rmse, val_mae.
+
+examples:
+  nettrain runs
+  nettrain runs outputs/multirun --sort val_accuracy
+"""
+
+METRICS = ("val_loss", "val_accuracy", "val_rmse", "val_mae")  # the best-epoch metrics metrics.json holds
+OK_STATUSES = ("completed", "stopped_early")
+STATUS_STYLE = {"completed": "green", "stopped_early": "green", "running": "cyan", "interrupted": "yellow"}
+
+
+@dataclass
+class Run:
+    path: Path
+    started: datetime              # when Hydra (last) launched it: the time of its .hydra/config.yaml
+    name: str                      # the experiment, else the model
+    overrides: list[str]           # as given on the command line (.hydra/overrides.yaml)
+    record: dict[str, Any] = field(default_factory=dict)  # metrics.json ({} when the job wrote none)
+
+    @property
+    def status(self) -> str:
+        return str(self.record.get("status", "no result"))
+
+    def best(self, metric: str) -> float | None:
+        value = (self.record.get("best") or {}).get(metric)
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+    @property
+    def epochs(self) -> int:
+        return int(self.record.get("epochs") or 0)
+
+    @property
+    def seconds(self) -> float:
+        """Training time: the epochs' own time, without start-up."""
+        return sum(float(h.get("seconds", 0)) for h in self.record.get("history", []))
+
+
+def read_run(path: Path) -> Run:
+    """A run dir's overrides, config name and metrics (all optional: a job may have died early)."""
+    import json
+
+    hydra_dir = path / ".hydra"
+    overrides: list[str] = []
+    name = "?"
+    if (hydra_dir / "overrides.yaml").is_file():
+        overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+    if (hydra_dir / "config.yaml").is_file():
+        name = str(OmegaConf.select(OmegaConf.load(hydra_dir / "config.yaml"), "model.name", default="?"))
+    experiment = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("experiment=")), None)
+    stamp = hydra_dir / "config.yaml" if (hydra_dir / "config.yaml").is_file() else path
+    try:
+        record = json.loads((path / "metrics.json").read_text())
+    except (OSError, ValueError):
+        record = {}
+    return Run(path=path, started=datetime.fromtimestamp(stamp.stat().st_mtime), name=experiment or name,
+               overrides=overrides, record=record if isinstance(record, dict) else {})
+
+
+def find_runs(root: Path) -> list[Run]:
+    """Every training run under `root` (eval and lr-find outputs are not runs)."""
+    return [read_run(d.parent) for d in sorted(root.rglob(".hydra")) if (d.parent / "metrics.json").is_file()]
+
+
+def sort_runs(runs: list[Run], metric: str, mode: str = "auto") -> list[Run]:
+    """Best first by `metric` (accuracy up, losses and errors down); runs without it last, in order."""
+    sign = -1.0 if monitor_mode(metric, mode) == "max" else 1.0
+    return sorted(runs, key=lambda r: (r.best(metric) is None, sign * (r.best(metric) or 0.0)))
+
+
+def format_metric(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2%}" if "accuracy" in metric else f"{value:.4f}"
+
+
+def metric_columns(runs: list[Run], always: tuple[str, ...] = ("val_loss", "val_accuracy")) -> list[str]:
+    """val loss and accuracy, plus any other best metric a run has (regression: rmse, mae)."""
+    return [m for m in METRICS if m in always or any(r.best(m) is not None for r in runs)]
+
+
+def show(*renderables: Any, stderr: bool = False) -> None:
+    """Rich tables and lines on a terminal; unwrapped in a pipe or file (greppable, whole paths)."""
+    from rich.console import Console
+
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        console.width = 1000
+    for renderable in renderables:
+        console.print(renderable)
+
+
+def runs_table(runs: list[Run], root: Path) -> Any:
+    from rich.table import Table
+
+    metrics = metric_columns(runs)
+    table = Table(title=f"runs under {root}", title_justify="left")
+    for column in ("date", "run", "experiment/model", "overrides", "status", *metrics, "epochs"):
+        table.add_column(column, justify="right" if column in (*metrics, "epochs") else "left")
+    for run in runs:
+        style = STATUS_STYLE.get(run.status, "red")
+        table.add_row(run.started.strftime("%Y-%m-%d %H:%M"), str(run.path.relative_to(root)), run.name,
+                      " ".join(run.overrides), f"[{style}]{run.status}[/]",
+                      *(format_metric(m, run.best(m)) for m in metrics), str(run.epochs))
+    return table
+
+
+def _parse(argv: list[str]) -> tuple[Path, str | None]:
+    from nettrain.inference import parse_args
+
+    args: list[str] = []
+    rest = iter(argv)
+    for arg in rest:  # `--sort METRIC` and `--sort=METRIC` are `sort=METRIC`; a bare DIR is `dir=DIR`
+        if arg == "--sort":
+            args.append(f"sort={next(rest, '')}")
+        elif arg.startswith("--sort="):
+            args.append(arg[2:])
+        elif "=" not in arg and not arg.startswith("-"):
+            args.append(f"dir={arg}")
+        else:
+            args.append(arg)
+    parsed = parse_args(args, {"dir": "outputs", "sort": None}, paths=("dir",))
+    if parsed["sort"] is not None and parsed["sort"] not in METRICS:
+        raise invalid("--sort", parsed["sort"], "allowed: " + ", ".join(METRICS))
+    root = Path(absolute(parsed["dir"]))
+    if not root.is_dir():
+        raise UserError(f"no such directory: {parsed['dir']} (runs are listed from a dir such as outputs)")
+    return root, parsed["sort"]
+
+
+def _runs(argv: list[str]) -> int:
+    import sys
+
+    root, sort = _parse(argv)
+    runs = sorted(find_runs(root), key=lambda r: r.started, reverse=True)
+    if not runs:
+        print(f"no runs under {root}", file=sys.stderr)
+        return 0
+    show(runs_table(sort_runs(runs, sort) if sort else runs, root))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    from nettrain.inference import run_command
+
+    return run_command(_runs, argv, USAGE)

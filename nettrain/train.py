@@ -1,0 +1,385 @@
+"""The training loop. Builders make the pieces; `fit` runs them, top to bottom:
+data -> model -> loss, optimizer, schedule -> (resume) -> epochs of steps, validation, checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from nettrain import distributed, runtime
+from nettrain.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nettrain.config import monitor_mode
+from nettrain.data import DataContext, build_data
+from nettrain.logs import console, epoch_progress
+from nettrain.losses import build_loss
+from nettrain.metrics import RunningTotals, evaluate, summarize
+from nettrain.models import build_model
+from nettrain.optim import build_optimizer, build_scheduler
+from nettrain.tracking import RunLog
+
+log = logging.getLogger("nettrain")
+
+
+@dataclass
+class Progress:
+    """Everything the loop carries from step to step; a checkpoint stores it, resume restores it."""
+
+    epoch: int = 0                   # the epoch in progress (0-based)
+    batch: int = 0                   # batches of `epoch` already trained (a mid-epoch checkpoint)
+    step: int = 0                    # optimizer steps so far
+    best: float | None = None        # best value of the monitored metric
+    best_epoch: int | None = None    # 1-based
+    stale_epochs: int = 0            # epochs since the monitored metric last improved
+    overfit_warned: bool = False
+    top_k: list[list[Any]] = field(default_factory=list)   # [value, file name], best first
+
+
+class Monitor:
+    """Early stopping on `early_stopping.monitor`; also decides which checkpoint is best."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.key, self.patience, self.min_delta = cfg.monitor, cfg.patience, cfg.min_delta
+        self.mode = monitor_mode(cfg.monitor, cfg.mode)
+
+    def better(self, value: float, than: float | None, margin: float = 0.0) -> bool:
+        if than is None:
+            return math.isfinite(value)
+        return value < than - margin if self.mode == "min" else value > than + margin
+
+
+class StopSignal:
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second Ctrl-C exits at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread (e.g. a launcher's worker thread): no handler
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            console.print("[red]second interrupt: exiting now[/red]")
+            raise SystemExit(130)
+        self.signum = signum
+        log.warning("%s received: stopping after this step and saving a checkpoint (Ctrl-C again to quit now)",
+                    signal.Signals(signum).name)
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+class DivergenceGuard:
+    """Finds the first step whose loss is NaN/Inf or has blown up past `factor` x the first step's
+    loss (at least 1): a learning rate too high sends the loss to 1e7 long before it turns NaN.
+    On the CPU reading the loss costs nothing, so it checks every step; on a GPU it records the step
+    on the device and is read at log time, so no step waits for the host. Under DDP it is read at
+    log time too, and the ranks agree (a rank's NaN stops them all at the same step, never a hang)."""
+
+    def __init__(self, rt: runtime.Runtime, factor: float | None) -> None:
+        self.rt = rt
+        self.eager = rt.device.type == "cpu" and not rt.distributed
+        self.factor = factor if factor is not None else math.inf
+        self.limit: torch.Tensor | float | None = None
+        self.bad = torch.tensor([-1.0, 0.0], device=rt.device)  # [step, loss]
+
+    def update(self, loss: torch.Tensor, step: int) -> tuple[int, float] | None:
+        if self.eager:
+            value = loss.item()
+            if self.limit is None:
+                self.limit = max(value, 1.0) * self.factor
+            return None if math.isfinite(value) and value <= self.limit else (step, value)
+        loss = loss.detach().float()
+        if self.limit is None:
+            self.limit = loss.clamp(min=1.0) * self.factor
+        first = (self.bad[0] < 0) & (~loss.isfinite() | (loss > self.limit))
+        # new_full fills on the device; torch.tensor(step, device=cuda) would copy from the host and wait for the GPU.
+        self.bad = torch.where(first, torch.stack([loss.new_full((), float(step)), loss]), self.bad)
+        return None
+
+    def check(self) -> tuple[int, float] | None:
+        if self.eager:
+            return None
+        bad = distributed.all_gather(self.bad, self.rt)  # one [step, loss] row per rank
+        bad = bad[bad[:, 0] >= 0]
+        if not len(bad):
+            return None
+        step, value = bad[bad[:, 0].argmin()].tolist()
+        return int(step), value
+
+
+def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train `cfg` into `run_dir` (continuing `ckpt` when given). Returns the final metrics record
+    (status, best, history) with the best weights loaded into `result["model"]`."""
+    t = cfg.trainer
+    rt = runtime.setup(t)
+    data = build_data(cfg.data, DataContext(
+        seed=t.seed, device=rt.device, rank=rt.rank, world_size=rt.world_size,
+        resident=cfg.data.get("device_resident", "auto") is True
+        or (cfg.data.get("device_resident", "auto") == "auto" and rt.device.type == "cuda"),
+        eval_batch_size=t.eval_batch_size or 4 * cfg.data.batch_size))
+    spec = data.spec
+    model = build_model(cfg.model, spec)
+    if cfg.model.get("init_from") or cfg.model.get("pretrained") or cfg.model.get("freeze"):
+        from nettrain.finetune import prepare
+
+        prepare(model, cfg.model, spec)
+    channels_last = rt.channels_last and model.convolutional
+    model.to(rt.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    criterion = build_loss(cfg.loss, spec, data.class_weights).to(rt.device)
+    optimizer = build_optimizer(cfg.optimizer, model)
+    accumulate = t.accumulate_grad_batches
+    batches_per_epoch = min(len(data.train), t.overfit_batches or t.limit_train_batches or len(data.train))
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulate)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=steps_per_epoch, max_epochs=t.max_epochs)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+    ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema_decay))
+           if t.ema_decay else None)
+    eval_model = ema.module if ema is not None else model
+    monitor = Monitor(cfg.early_stopping)
+    progress = Progress()
+    totals = RunningTotals(rt.device, spec.task)  # this epoch's [loss sum, correct, samples]
+    if ckpt is not None:
+        model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
+        if ema is not None:
+            ema.module.load_state_dict(ckpt["model"])
+            ema.n_averaged.fill_(ckpt.get("ema_updates", 0))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        progress = Progress(**ckpt["progress"])
+        totals = RunningTotals(rt.device, spec.task, ckpt["epoch_totals"])
+        set_rng_state(ckpt["rng"])  # last: everything above may draw random numbers
+        log.info("resumed from %s at epoch %d, step %d", ckpt["path"], progress.epoch + 1, progress.step)
+
+    runlog = RunLog(run_dir, cfg, t.seed, resume_step=progress.step if ckpt else None) if rt.is_main else None
+    if runlog is not None and ckpt is not None:
+        runlog.resume_from(ckpt["record"])
+
+    train_model: torch.nn.Module = model
+    if rt.distributed:
+        train_model = distributed.wrap(model, rt.device)
+    if t.compile:
+        train_model = runtime.compile_model(train_model)
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "model": eval_model.state_dict(),                 # the weights validation measured
+            "train_model": model.state_dict() if ema is not None else None,
+            "ema_updates": int(ema.n_averaged) if ema is not None else 0,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "progress": asdict(progress), "epoch_totals": totals.tensor().cpu(),
+            "config": OmegaConf.to_container(cfg, resolve=True), "spec": spec.to_dict(),
+            "record": runlog.record if runlog is not None else {}, "rng": rng_state(),
+        }
+
+    ckpt_dir = run_dir / "checkpoints"
+    guard = DivergenceGuard(rt, t.divergence_factor)
+    status, diverged_at, stopping = "completed", None, False
+    samples_per_step = cfg.data.batch_size * rt.world_size
+    # What the step reads, as plain values: a DictConfig lookup (~15 us) is a measurable part of a small model's step.
+    grad_clip, log_every, ckpt_every = t.grad_clip, t.log_every_n_steps, t.checkpoint_every_n_steps
+    with StopSignal() as stop, epoch_progress(enabled=rt.is_main) as bar:
+        for epoch in range(progress.epoch, t.max_epochs):
+            model.train()
+            task = bar.add_task(f"epoch {epoch + 1}/{t.max_epochs}", total=batches_per_epoch, completed=progress.batch,
+                                loss="-", rate="-")
+            started, seen = time.perf_counter(), 0
+            # overfit_batches: the same first batches every epoch (epoch 0's order), to check the model can learn.
+            order = 0 if t.overfit_batches else epoch
+            for i, (x, y) in enumerate(data.train.batches(order, start=progress.batch, device=rt.device), progress.batch):
+                if i >= batches_per_epoch:
+                    break
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                boundary = (i + 1) % accumulate == 0 or i + 1 == batches_per_epoch
+                # DDP all-reduces gradients only on the micro-batch that ends an accumulation.
+                with (train_model.no_sync() if rt.distributed and not boundary else nullcontext()):
+                    with rt.autocast():
+                        outputs = train_model(x)
+                        loss = criterion(outputs, y)
+                    scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
+                totals.add(outputs, y, loss)
+                progress.batch, seen = i + 1, seen + 1
+                diverged_at = guard.update(loss, progress.step + 1)
+                if diverged_at:
+                    break
+                if not boundary:
+                    continue
+                if grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                progress.step += 1
+                if ema is not None:
+                    ema.update_parameters(model)
+                if progress.step % log_every == 0:
+                    diverged_at = guard.check()
+                    if diverged_at:
+                        break
+                    if runlog is not None:
+                        runlog.scalars({"loss/train_step": loss.item(), "lr": scheduler.get_last_lr()[0]}, progress.step)
+                    rate = seen * samples_per_step / (time.perf_counter() - started)
+                    bar.update(task, completed=i + 1, loss=f"{loss.item():.4f}", rate=f"{rate:,.0f}")
+                # Ranks stop together: they agree on it (a collective, so under DDP only at log steps).
+                if not rt.distributed or progress.step % log_every == 0:
+                    stopping = distributed.any_rank(stop.signum is not None, rt)
+                    if stopping:
+                        break
+                if ckpt_every and progress.step % ckpt_every == 0 and rt.is_main:
+                    save_checkpoint(checkpoint_state(), ckpt_dir / "last.pt")
+            bar.remove_task(task)
+            diverged_at = diverged_at or guard.check()
+            if diverged_at:
+                status = "diverged"
+                break
+            if stopping and progress.batch < batches_per_epoch:
+                status = "interrupted"
+                if rt.is_main:
+                    save_checkpoint(checkpoint_state(), ckpt_dir / "last.pt")
+                break
+
+            # End of epoch: validate, record, checkpoint, decide whether to go on.
+            epoch_totals = totals.tensor()
+            distributed.all_reduce(epoch_totals, rt)
+            train = summarize(epoch_totals, spec.task)  # reading the totals waits for the device to finish the epoch
+            train_seconds = time.perf_counter() - started
+            distributed.broadcast_buffers(model, rt)
+            val, _, _ = evaluate(eval_model, data.val, criterion, device=rt.device, task=spec.task,
+                                 autocast=rt.autocast, limit=t.limit_val_batches,
+                                 reduce=lambda v: distributed.all_reduce(v, rt))
+            progress.epoch, progress.batch = epoch + 1, 0
+            totals = RunningTotals(rt.device, spec.task)
+            record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train.items()},
+                      **{f"val_{k}": v for k, v in val.items()}, "lr": scheduler.get_last_lr()[0],
+                      "step": progress.step, "seconds": round(time.perf_counter() - started, 3),
+                      "train_samples_per_sec": round(seen * samples_per_step / max(train_seconds, 1e-9), 1)}
+            value = record.get(monitor.key, math.nan)
+            improved = monitor.better(value, progress.best, monitor.min_delta)
+            if improved:
+                progress.best, progress.best_epoch, progress.stale_epochs = value, epoch + 1, 0
+            else:
+                progress.stale_epochs += 1
+            if runlog is not None:
+                history = runlog.record["history"] + [record]
+                runlog.scalars({"loss/train": train["loss"], "loss/val": val["loss"], "lr": record["lr"],
+                                **{f"{k}/train": v for k, v in train.items() if k != "loss"},
+                                **{f"{k}/val": v for k, v in val.items() if k != "loss"}, "epoch": epoch + 1},
+                               progress.step)
+                best_record = history[progress.best_epoch - 1] if progress.best_epoch else {}
+                runlog.record.update(history=history, epochs=epoch + 1, best_epoch=progress.best_epoch,
+                                     best={k: v for k, v in best_record.items() if k.startswith("val_") or k == monitor.key})
+                log.info(_epoch_line(record, t.max_epochs, improved))
+                warning = _overfit_warning(history, cfg.early_stopping.overfit_patience, progress)
+                if warning:
+                    log.warning(warning)
+                    runlog.text("warnings", warning, progress.step)
+                _save_epoch(checkpoint_state(), ckpt_dir, progress, monitor, cfg.checkpoint.save_top_k, improved,
+                            value, epoch + 1)
+                runlog.write(status="running")
+            if monitor.patience and progress.stale_epochs >= monitor.patience:
+                status = "stopped_early"
+                log.info("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
+                         monitor.key, progress.stale_epochs, progress.best, progress.best_epoch)
+                break
+            if distributed.any_rank(stop.signum is not None, rt):
+                status = "interrupted"
+                break
+
+    distributed.barrier(rt)
+    result: dict[str, Any] = {"status": status, "best_epoch": progress.best_epoch, "monitor": monitor.key,
+                              "best_value": progress.best, "run_dir": str(run_dir),
+                              "signal": stop.signum, "history": runlog.record["history"] if runlog else []}
+    if status == "diverged":
+        step, value = diverged_at
+        lr = optimizer.param_groups[0]["lr"]
+        result["error"] = (f"training diverged: loss={value:.4g} at step {step} (epoch {progress.epoch + 1}) with "
+                           f"lr={lr:.3g}; the learning rate is probably too high: try optimizer.lr={cfg.optimizer.lr / 10:.3g}")
+    if (ckpt_dir / "best.pt").is_file():
+        # The final model is the best one, not the last (which may be past the point of overfitting).
+        eval_model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt")["model"])
+    result["model"] = eval_model
+    if runlog is not None:
+        runlog.write(status=status, **({"error": result["error"]} if "error" in result else {}),
+                     **({"resume_command": f"nettrain train resume={run_dir}"} if status == "interrupted" else {}))
+        runlog.close({k: v for k, v in runlog.record["best"].items()} | {"epochs": runlog.record["epochs"]})
+        _summary(result, runlog.record, run_dir)
+    return result
+
+
+def _epoch_line(r: dict[str, Any], max_epochs: int, improved: bool) -> str:
+    parts = [f"epoch {r['epoch']:>3}/{max_epochs}"]
+    for split in ("train", "val"):
+        parts.append(f"{split} loss {r[f'{split}_loss']:.4f}")
+        for k in ("accuracy", "rmse", "mae"):
+            if f"{split}_{k}" in r:
+                value = r[f"{split}_{k}"]
+                parts.append(f"{k[:3] if k == 'accuracy' else k} {value:.2%}" if k == "accuracy" else f"{k} {value:.4f}")
+    parts += [f"lr {r['lr']:.2e}", f"{r['seconds']:.1f}s"]
+    return "  ".join(parts) + ("  *" if improved else "")
+
+
+def _overfit_warning(history: list[dict[str, Any]], patience: int, progress: Progress) -> str | None:
+    """Val loss rising for `patience` epochs while train loss keeps falling: memorizing."""
+    if progress.overfit_warned or len(history) <= patience:
+        return None
+    recent = history[-patience - 1:]
+    val_rising = all(b["val_loss"] > a["val_loss"] for a, b in zip(recent, recent[1:]))
+    train_falling = all(b["train_loss"] < a["train_loss"] for a, b in zip(recent, recent[1:]))
+    if not (val_rising and train_falling):
+        return None
+    progress.overfit_warned = True
+    return (f"overfitting: val loss has risen for {patience} epochs while train loss kept falling; the model has "
+            f"started memorizing the training set (best val loss at epoch {progress.best_epoch}). Consider early "
+            f"stopping (early_stopping.patience), more dropout (model.dropout) or more data.")
+
+
+def _save_epoch(state: dict[str, Any], ckpt_dir: Path, progress: Progress, monitor: Monitor, top_k: int,
+                improved: bool, value: float, epoch: int) -> None:
+    """last.pt always; best.pt when the monitored metric improved; the top-k by that metric."""
+    paths = [ckpt_dir / "last.pt"]
+    if improved:
+        paths.append(ckpt_dir / "best.pt")
+    if top_k and math.isfinite(value):
+        name = f"epoch={epoch:03d}-{monitor.key}={value:.4f}.pt"
+        ranked = sorted([*progress.top_k, [value, name]], key=lambda e: e[0], reverse=monitor.mode == "max")
+        if [value, name] in ranked[:top_k]:
+            paths.append(ckpt_dir / name)
+        for _, dropped in ranked[top_k:]:
+            (ckpt_dir / dropped).unlink(missing_ok=True)
+        progress.top_k = ranked[:top_k]
+        state["progress"] = asdict(progress)
+    save_checkpoint(state, *paths)
+
+
+def _summary(result: dict[str, Any], record: dict[str, Any], run_dir: Path) -> None:
+    best = record.get("best", {})
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in best.items() if k in ("val_loss", "val_accuracy", "val_rmse", "val_mae"))
+    color = {"completed": "green", "stopped_early": "green", "interrupted": "yellow"}.get(result["status"], "red")
+    console.print(f"[bold {color}]{result['status']}[/] after {record['epochs']} epoch(s)")
+    if result.get("best_epoch"):
+        console.print(f"  best epoch   {result['best_epoch']}  {metrics}")
+        console.print(f"  checkpoint   {run_dir / 'checkpoints' / 'best.pt'}")
+    console.print(f"  run dir      {run_dir}")
+    console.print(f"  tensorboard  tensorboard --logdir {run_dir}")
+    if result["status"] == "interrupted":
+        console.print(f"  resume with  [bold]nettrain train resume={run_dir}[/]")

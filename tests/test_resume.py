@@ -1,0 +1,121 @@
+"""Never lose a run: kill -9 or Ctrl-C a run, resume it, and end exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import metrics, nettrain, run_in_process
+
+# Slow enough epochs (~1 s) that a signal lands inside one; cosine + dropout + mid-epoch checkpoints
+# make any slip in restoring the schedule, RNG or data order show in the weights.
+RUN = ["trainer.max_epochs=3", "model.hidden=[256,256]", "model.dropout=0.3", "data.batch_size=8",
+       "scheduler=cosine", "trainer.checkpoint_every_n_steps=40", "trainer.log_every_n_steps=10"]
+
+
+def _history(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("seconds", "train_samples_per_sec")} for r in metrics(run_dir)["history"]]
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def _start(run_dir: Path, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "nettrain", "train", f"hydra.run.dir={run_dir}", *RUN], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_epochs(run_dir: Path, epochs: int, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads((run_dir / "metrics.json").read_text())["epochs"] >= epochs:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"run did not reach epoch {epochs}")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The same run, never interrupted."""
+    tmp = tmp_path_factory.mktemp("reference")
+    nettrain("train", f"hydra.run.dir={tmp / 'run'}", *RUN, cwd=tmp)
+    return tmp / "run"
+
+
+def test_kill_9_in_epoch_3_then_resume_is_bit_identical(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, tmp_path)
+    _wait_for_epochs(run_dir, 2, proc)
+    time.sleep(0.3)  # into epoch 3, past a mid-epoch checkpoint or two
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert metrics(run_dir)["status"] == "running"
+
+    nettrain("train", f"resume={run_dir}", cwd=tmp_path)
+
+    assert metrics(run_dir)["status"] == "completed"
+    assert _history(run_dir) == _history(reference)
+    ours, theirs = _weights(run_dir), _weights(reference)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_and_prints_the_resume_command(tmp_path, reference, sig, code):
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, tmp_path)
+    _wait_for_epochs(run_dir, 1, proc)
+    time.sleep(0.2)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == code
+    assert metrics(run_dir)["status"] == "interrupted"
+    assert f"nettrain train resume={run_dir}" in stderr
+    if sig == signal.SIGINT:  # the resumed run ends exactly like the uninterrupted one
+        nettrain("train", f"resume={run_dir}", cwd=tmp_path)
+        assert _history(run_dir) == _history(reference)
+        ours, theirs = _weights(run_dir), _weights(reference)
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_resume_may_extend_training_but_not_change_the_model(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_in_process("train", f"hydra.run.dir={run_dir}", "trainer.max_epochs=2") == 0
+    before = (run_dir / ".hydra" / "config.yaml").read_text()
+
+    assert run_in_process("train", f"resume={run_dir}", "model.dropout=0.5") == 2
+    assert metrics(run_dir)["status"] == "completed"  # the refused resume touched nothing
+    assert run_in_process("train", f"resume={run_dir}") == 2  # already finished: says to raise max_epochs
+
+    assert run_in_process("train", f"resume={run_dir}", "trainer.max_epochs=3") == 0
+    assert metrics(run_dir)["epochs"] == 3 and len(metrics(run_dir)["history"]) == 3
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == before  # the run's own config is kept
+
+
+def test_same_seed_same_metrics(tmp_path):
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run_dir in runs:
+        assert run_in_process("train", f"hydra.run.dir={run_dir}", "trainer.max_epochs=2") == 0
+    assert _history(runs[0]) == _history(runs[1])
+    recorded = metrics(runs[0])
+    assert recorded["seed"] == 0
+    assert recorded["environment"]["torch"] == torch.__version__ and recorded["environment"]["nettrain"]
+
+
+def test_an_existing_run_dir_is_never_overwritten(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_in_process("train", f"hydra.run.dir={run_dir}", "trainer.max_epochs=1") == 0
+    before = (run_dir / "metrics.json").read_text()
+    assert run_in_process("train", f"hydra.run.dir={run_dir}", "trainer.max_epochs=1") == 2
+    assert (run_dir / "metrics.json").read_text() == before
