@@ -45,6 +45,21 @@ def _wait_for_epochs(run_dir: Path, epochs: int, proc: subprocess.Popen) -> None
     raise AssertionError(f"run did not reach epoch {epochs}")
 
 
+def _wait_for_new_checkpoint(path: Path, proc: subprocess.Popen) -> None:
+    """Checkpoints are replaced atomically, so a new inode means the next save has landed. Polling
+    instead of sleeping keeps the kill inside epoch 3 however fast the machine is."""
+    seen = path.stat().st_ino
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if path.stat().st_ino != seen:
+                return
+        except OSError:
+            pass
+        time.sleep(0.002)
+    raise AssertionError(f"no new checkpoint at {path}")
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """The same run, never interrupted."""
@@ -57,7 +72,7 @@ def test_kill_9_in_epoch_3_then_resume_is_bit_identical(tmp_path, reference):
     run_dir = tmp_path / "run"
     proc = _start(run_dir, tmp_path)
     _wait_for_epochs(run_dir, 2, proc)
-    time.sleep(0.3)  # into epoch 3, past a mid-epoch checkpoint or two
+    _wait_for_new_checkpoint(run_dir / "checkpoints" / "last.pt", proc)  # epoch 3's first mid-epoch save
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert metrics(run_dir)["status"] == "running"
@@ -75,7 +90,7 @@ def test_signal_saves_and_prints_the_resume_command(tmp_path, reference, sig, co
     run_dir = tmp_path / "run"
     proc = _start(run_dir, tmp_path)
     _wait_for_epochs(run_dir, 1, proc)
-    time.sleep(0.2)
+    _wait_for_new_checkpoint(run_dir / "checkpoints" / "last.pt", proc)  # inside epoch 2
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
 
