@@ -56,6 +56,18 @@ class Monitor:
             return math.isfinite(value)
         return value < than - margin if self.mode == "min" else value > than + margin
 
+    def update(self, progress: Progress, value: float, epoch: int) -> bool:
+        """Record an epoch's monitored value; True when it is the new best."""
+        improved = self.better(value, progress.best, self.min_delta)
+        if improved:
+            progress.best, progress.best_epoch, progress.stale_epochs = value, epoch, 0
+        else:
+            progress.stale_epochs += 1
+        return improved
+
+    def exhausted(self, progress: Progress) -> bool:
+        return bool(self.patience) and progress.stale_epochs >= self.patience
+
 
 class StopSignal:
     """SIGINT/SIGTERM ask the loop to stop after the current step; a second Ctrl-C exits at once."""
@@ -129,10 +141,10 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     (status, best, history) with the best weights loaded into `result["model"]`."""
     t = cfg.trainer
     rt = runtime.setup(t)
+    resident = cfg.data.get("device_resident", "auto")
     data = build_data(cfg.data, DataContext(
         seed=t.seed, device=rt.device, rank=rt.rank, world_size=rt.world_size,
-        resident=cfg.data.get("device_resident", "auto") is True
-        or (cfg.data.get("device_resident", "auto") == "auto" and rt.device.type == "cuda"),
+        resident=resident is True or (resident == "auto" and rt.device.type == "cuda"),
         eval_batch_size=t.eval_batch_size or 4 * cfg.data.batch_size))
     spec = data.spec
     model = build_model(cfg.model, spec)
@@ -156,13 +168,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     progress = Progress()
     totals = RunningTotals(rt.device, spec.task)  # this epoch's [loss sum, correct, samples]
     if ckpt is not None:
-        model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
-        if ema is not None:
-            ema.module.load_state_dict(ckpt["model"])
-            ema.n_averaged.fill_(ckpt.get("ema_updates", 0))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        _restore(ckpt, model, ema, optimizer, scheduler, scaler)
         progress = Progress(**ckpt["progress"])
         totals = RunningTotals(rt.device, spec.task, ckpt["epoch_totals"])
         set_rng_state(ckpt["rng"])  # last: everything above may draw random numbers
@@ -274,29 +280,13 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
                       "step": progress.step, "seconds": round(time.perf_counter() - started, 3),
                       "train_samples_per_sec": round(seen * samples_per_step / max(train_seconds, 1e-9), 1)}
             value = record.get(monitor.key, math.nan)
-            improved = monitor.better(value, progress.best, monitor.min_delta)
-            if improved:
-                progress.best, progress.best_epoch, progress.stale_epochs = value, epoch + 1, 0
-            else:
-                progress.stale_epochs += 1
+            improved = monitor.update(progress, value, epoch + 1)
             if runlog is not None:
-                history = runlog.record["history"] + [record]
-                runlog.scalars({"loss/train": train["loss"], "loss/val": val["loss"], "lr": record["lr"],
-                                **{f"{k}/train": v for k, v in train.items() if k != "loss"},
-                                **{f"{k}/val": v for k, v in val.items() if k != "loss"}, "epoch": epoch + 1},
-                               progress.step)
-                best_record = history[progress.best_epoch - 1] if progress.best_epoch else {}
-                runlog.record.update(history=history, epochs=epoch + 1, best_epoch=progress.best_epoch,
-                                     best={k: v for k, v in best_record.items() if k.startswith("val_") or k == monitor.key})
-                log.info(_epoch_line(record, t.max_epochs, improved))
-                warning = _overfit_warning(history, cfg.early_stopping.overfit_patience, progress)
-                if warning:
-                    log.warning(warning)
-                    runlog.text("warnings", warning, progress.step)
+                _log_epoch(runlog, record, progress, monitor, cfg, improved)
                 _save_epoch(checkpoint_state(), ckpt_dir, progress, monitor, cfg.checkpoint.save_top_k, improved,
                             value, epoch + 1)
                 runlog.write(status="running")
-            if monitor.patience and progress.stale_epochs >= monitor.patience:
+            if monitor.exhausted(progress):
                 status = "stopped_early"
                 log.info("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
                          monitor.key, progress.stale_epochs, progress.best, progress.best_epoch)
@@ -324,6 +314,37 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
         runlog.close({k: v for k, v in runlog.record["best"].items()} | {"epochs": runlog.record["epochs"]})
         _summary(result, runlog.record, run_dir)
     return result
+
+
+def _restore(ckpt: dict[str, Any], model: torch.nn.Module, ema: torch.nn.Module | None,
+             optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler) -> None:
+    """Load a checkpoint's training state (not the RNGs: those go last, after everything that draws)."""
+    model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
+    if ema is not None:
+        ema.module.load_state_dict(ckpt["model"])
+        ema.n_averaged.fill_(ckpt.get("ema_updates", 0))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+
+
+def _log_epoch(runlog: RunLog, record: dict[str, Any], progress: Progress, monitor: Monitor, cfg: DictConfig,
+               improved: bool) -> None:
+    """An epoch's record into TensorBoard, metrics.json's history and the console (with any overfitting warning)."""
+    split = {name: {k[len(name) + 1:]: v for k, v in record.items() if k.startswith(name + "_")} for name in ("train", "val")}
+    runlog.scalars({"loss/train": split["train"]["loss"], "loss/val": split["val"]["loss"], "lr": record["lr"],
+                    **{f"{k}/{name}": v for name, values in split.items() for k, v in values.items()
+                       if k not in ("loss", "samples_per_sec")},
+                    "epoch": record["epoch"]}, progress.step)
+    history = runlog.record["history"] + [record]
+    best_record = history[progress.best_epoch - 1] if progress.best_epoch else {}
+    runlog.record.update(history=history, epochs=record["epoch"], best_epoch=progress.best_epoch,
+                         best={k: v for k, v in best_record.items() if k.startswith("val_") or k == monitor.key})
+    log.info(_epoch_line(record, cfg.trainer.max_epochs, improved))
+    warning = _overfit_warning(history, cfg.early_stopping.overfit_patience, progress)
+    if warning:
+        log.warning(warning)
+        runlog.text("warnings", warning, progress.step)
 
 
 def _epoch_line(r: dict[str, Any], max_epochs: int, improved: bool) -> str:

@@ -37,7 +37,6 @@ from omegaconf import DictConfig, OmegaConf
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 import datagen  # noqa: E402  (the tests' data generators: MNIST/CIFAR files, image folders)
-
 from nettrain import runtime  # noqa: E402
 from nettrain.config import register_resolvers, validate  # noqa: E402
 from nettrain.data import DataContext, build_data  # noqa: E402

@@ -73,7 +73,7 @@ def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, to
 
 def loader_epoch(batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> float:
     seen, start = 0, time.perf_counter()
-    for x, y in batches():
+    for _, y in batches():
         seen += len(y)
     return seen / (time.perf_counter() - start)
 
@@ -123,7 +123,7 @@ def main(argv: list[str]) -> int:
         folder = torchvision.datasets.ImageFolder(str(root), transform=augment)
         loader = torch.utils.data.DataLoader(folder, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                              num_workers=args.workers, persistent_workers=args.workers > 0)
-        results["torchvision ImageFolder + DataLoader"] = measure(lambda epoch: loader)
+        results["torchvision ImageFolder + DataLoader"] = measure(lambda epoch, loader=loader: loader)
         del loader  # its persistent workers would compete with the next cases
         streamed = nettrain_data(root, False, args.size, args.batch_size, args.workers)
         results["nettrain uncached (StreamLoader)"] = measure(streamed.train.batches)

@@ -18,8 +18,6 @@ from nettrain.checkpoint import load_checkpoint, save_checkpoint
 from nettrain.errors import UserError
 
 
-
-
 def test_a_malicious_checkpoint_is_refused_and_never_runs(tmp_path, capfd):
     evil, marker = tmp_path / "evil.pt", tmp_path / "pwned"
     save_malicious_checkpoint(evil, marker)

@@ -42,16 +42,33 @@ def batch_plan(n: int, batch_size: int, *, epoch: int, seed: int, shuffle: bool,
     return list(mine.split(batch_size))
 
 
-class TensorLoader:
+class _Planned:
+    """What both loaders share: n samples batched by `batch_plan` for this rank."""
+
+    def __init__(self, n: int, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool,
+                 transform: BatchTransform | None, rank: int, world_size: int) -> None:
+        self.num_samples = n
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.transform = transform
+        self.rank, self.world_size = rank, world_size
+
+    def plan(self, epoch: int) -> list[Tensor]:
+        return batch_plan(self.num_samples, self.batch_size, epoch=epoch, seed=self.seed, shuffle=self.shuffle,
+                          drop_last=self.drop_last, rank=self.rank, world_size=self.world_size)
+
+    def __len__(self) -> int:
+        return len(self.plan(0))
+
+
+class TensorLoader(_Planned):
     """In-memory data served by slicing: one permutation per epoch, no __getitem__, no collate."""
 
     def __init__(self, x: Tensor, y: Tensor, *, batch_size: int, shuffle: bool, seed: int,
                  drop_last: bool, transform: BatchTransform | None = None,
                  rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(len(y), batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                         transform=transform, rank=rank, world_size=world_size)
         self.x, self.y = x, y
-        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
-        self.transform = transform
-        self.rank, self.world_size = rank, world_size
         self.device = x.device
 
     def to(self, device: torch.device) -> TensorLoader:
@@ -59,21 +76,14 @@ class TensorLoader:
         self.x, self.y, self.device = self.x.to(device), self.y.to(device), torch.device(device)
         return self
 
-    def plan(self, epoch: int) -> list[Tensor]:
-        return batch_plan(len(self.y), self.batch_size, epoch=epoch, seed=self.seed, shuffle=self.shuffle,
-                          drop_last=self.drop_last, rank=self.rank, world_size=self.world_size)
-
-    def __len__(self) -> int:
-        return len(self.plan(0))
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.y)
-
     def batches(self, epoch: int, start: int = 0, device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         """This epoch's batches from batch `start` on, moved to `device` (a no-op when resident)."""
-        for i, idx in enumerate(self.plan(epoch)[start:], start):
-            idx = idx.to(self.device, non_blocking=True)
+        plan = self.plan(epoch)[start:]
+        if not plan:
+            return
+        # The epoch's indices cross to the data's device in one copy, not one per batch.
+        indices = torch.cat(plan).to(self.device, non_blocking=True).split([len(idx) for idx in plan])
+        for i, idx in enumerate(indices, start):
             x, y = self.x.index_select(0, idx), self.y.index_select(0, idx)
             if device is not None:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -96,31 +106,19 @@ class _PlanSampler:
         return len(self.loader.plan(self.loader.epoch)) - self.loader.start
 
 
-class StreamLoader:
+class StreamLoader(_Planned):
     """A Dataset decoded on the fly by DataLoader workers, batched by the same plan as TensorLoader."""
 
     def __init__(self, dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool,
                  num_workers: int = 0, pin_memory: bool = False, transform: BatchTransform | None = None,
                  rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(len(dataset), batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                         transform=transform, rank=rank, world_size=world_size)
         self.dataset = dataset
-        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
-        self.transform = transform
-        self.rank, self.world_size = rank, world_size
         self.epoch, self.start = 0, 0
         self.loader = DataLoader(dataset, batch_sampler=_PlanSampler(self), num_workers=num_workers,
                                  pin_memory=pin_memory, persistent_workers=num_workers > 0,
                                  generator=torch.Generator().manual_seed(seed))
-
-    def plan(self, epoch: int) -> list[Tensor]:
-        return batch_plan(len(self.dataset), self.batch_size, epoch=epoch, seed=self.seed, shuffle=self.shuffle,
-                          drop_last=self.drop_last, rank=self.rank, world_size=self.world_size)
-
-    def __len__(self) -> int:
-        return len(self.plan(0))
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.dataset)
 
     def batches(self, epoch: int, start: int = 0, device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         self.epoch, self.start = epoch, start
