@@ -130,7 +130,7 @@ RULES: list[Rule] = [
     ("trainer.seed", lambda v: _int(v) and v >= 0, "must be an integer >= 0"),
     ("trainer.precision", _one_of("auto", 32, "32", "bf16", 16, "16"), "allowed: auto, 32, bf16, 16"),
     ("trainer.compile", _one_of(True, False), "allowed: true, false"),
-    ("trainer.channels_last", _one_of("auto", True, False), "allowed: auto, true, false"),
+    ("trainer.channels_last", _one_of(True, False), "allowed: true, false"),
     ("trainer.threads", _optional(lambda v: _int(v) and v >= 1), "must be null or an integer >= 1"),
     ("trainer.grad_clip", _optional(lambda v: _number(v) and v > 0), "must be null or a number > 0"),
     ("trainer.accumulate_grad_batches", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),

@@ -96,9 +96,8 @@ def setup(cfg: DictConfig) -> Runtime:
     else:
         threads = cfg.threads or max(available_cores() // world_size, 1)
         torch.set_num_threads(threads)
-    channels_last = cfg.channels_last if cfg.channels_last != "auto" else device.type == "cuda"
     seed_everything(cfg.seed)
-    return Runtime(device=device, amp_dtype=amp_dtype, channels_last=bool(channels_last),
+    return Runtime(device=device, amp_dtype=amp_dtype, channels_last=bool(cfg.channels_last),
                    rank=rank, world_size=world_size)
 
 

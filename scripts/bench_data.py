@@ -1,10 +1,12 @@
 """Data-pipeline benchmark: samples/s of a training epoch over an image folder, and of in-memory loaders.
 
-    python scripts/bench_data.py [--images 2000] [--size 64] [--source-size 256] [--channels 16,32,64] [--json]
+    python scripts/bench_data.py [--images 2000] [--size 64] [--source-size 375] [--channels 8,16,32] [--json]
+    python scripts/bench_data.py --root ~/data/cats_dogs/train     # your own photos instead
 
-Generates a folder of JPEGs in a temp dir (two classes; sides from --source-size to 1.5x that, like
-photos, or --source-size 64 for small files), then trains a small CNN (nettrain's `cnn` model) at
---size px for one epoch per case, in one process on this machine's cores:
+Generates a folder of JPEGs in a temp dir (two classes; sides from --source-size to 1.5x that: the
+default 375 is the size of typical pet photos, e.g. Oxford-IIIT Pet's 500x375), or reads --root (a
+folder of class folders), then trains a small CNN (nettrain's `cnn` model, channels-last as nettrain
+trains it) at --size px for one epoch per case, in one process on this machine's cores:
 
   torchvision   ImageFolder + DataLoader (RandomResizedCrop, flip, ToTensor, Normalize per sample)
   uncached      nettrain data=imagefolder, cache=false: StreamLoader workers decode, batched augmentation
@@ -19,6 +21,7 @@ and, without a model, the loaders alone over the same in-memory tensors:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -54,7 +57,8 @@ def small_cnn(channels: list[int], in_channels: int = 3, classes: int = 2) -> to
     from nettrain.models import build_model
 
     cfg = OmegaConf.merge(OmegaConf.load(ROOT / "configs" / "model" / "cnn.yaml"), {"channels": channels})
-    return build_model(cfg, DataSpec(input_shape=[in_channels, 64, 64], num_classes=classes, class_names=[]))
+    model = build_model(cfg, DataSpec(input_shape=[in_channels, 64, 64], num_classes=classes, class_names=[]))
+    return model.to(memory_format=torch.channels_last)  # as nettrain trains convnets (trainer.channels_last)
 
 
 def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
@@ -63,7 +67,7 @@ def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, to
     model.train()
     seen, start = 0, time.perf_counter()
     for x, y in batches:
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss = torch.nn.functional.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -78,12 +82,13 @@ def loader_epoch(batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor
     return seen / (time.perf_counter() - start)
 
 
-def nettrain_data(root: Path, cache: bool, size: int, batch: int, workers: int):
+def nettrain_data(root: Path, cache_dir: Path | None, size: int, batch: int, workers: int):
+    """nettrain's image-folder data: cached in cache_dir, or (None) decoded on the fly."""
     from nettrain.data import DataContext, build_data
 
     cfg = OmegaConf.merge(OmegaConf.load(ROOT / "configs" / "data" / "imagefolder.yaml"),
                           {"root": str(root), "image_size": size, "batch_size": batch, "num_workers": workers,
-                           "cache": cache, "cache_dir": str(root.parent / "cache")})
+                           "cache": cache_dir is not None, "cache_dir": str(cache_dir) if cache_dir else None})
     return build_data(cfg, DataContext(seed=0))
 
 
@@ -91,10 +96,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", type=int, default=64, help="the model's input size (px)")
-    parser.add_argument("--source-size", type=int, default=256, help="the generated JPEGs' shorter side (px)")
+    parser.add_argument("--source-size", type=int, default=375, help="the generated JPEGs' shorter side (px)")
+    parser.add_argument("--root", type=Path, default=None, help="an existing folder of class folders to read instead")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (both streaming paths)")
-    parser.add_argument("--channels", default="16,32,64", help="the small CNN's conv widths")
+    parser.add_argument("--channels", default="8,16,32", help="the small CNN's conv widths")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=3, help="epochs per case; the median is reported")
     parser.add_argument("--json", action="store_true")
@@ -116,7 +122,8 @@ def main(argv: list[str]) -> int:
 
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_folder(Path(tmp) / "images", args.images, args.source_size)
+        root = args.root.expanduser().resolve() if args.root else make_folder(Path(tmp) / "images", args.images,
+                                                                                 args.source_size)
         augment = transforms.Compose([transforms.RandomResizedCrop(args.size, scale=(0.25, 1.0)),
                                       transforms.RandomHorizontalFlip(), transforms.ToTensor(),
                                       transforms.Normalize(MEAN, STD)])
@@ -125,11 +132,12 @@ def main(argv: list[str]) -> int:
                                              num_workers=args.workers, persistent_workers=args.workers > 0)
         results["torchvision ImageFolder + DataLoader"] = measure(lambda epoch, loader=loader: loader)
         del loader  # its persistent workers would compete with the next cases
-        streamed = nettrain_data(root, False, args.size, args.batch_size, args.workers)
+        streamed = nettrain_data(root, None, args.size, args.batch_size, args.workers)
         results["nettrain uncached (StreamLoader)"] = measure(streamed.train.batches)
         del streamed
+        gc.collect()  # the loader and its sampler refer to each other: collect them, and their workers, now
         start = time.perf_counter()
-        cached = nettrain_data(root, True, args.size, args.batch_size, args.workers)
+        cached = nettrain_data(root, Path(tmp) / "cache", args.size, args.batch_size, args.workers)
         n = sum(len(y) for _, y in cached.train.batches(next(epochs)))
         first = n / (time.perf_counter() - start)
         results["nettrain cached, epochs after the first"] = measure(cached.train.batches)
@@ -154,7 +162,8 @@ def main(argv: list[str]) -> int:
                           **summary, "threads": torch.get_num_threads(), "images": args.images,
                           "size": args.size, "source_size": args.source_size, "cnn_channels": args.channels}, indent=2))
         return 0
-    print(f"{args.images} JPEGs of {args.source_size}+ px -> {args.size} px, small CNN [{args.channels}], batch "
+    source = args.root or f"{args.images} JPEGs of {args.source_size}+ px"
+    print(f"{source} -> {args.size} px, small CNN [{args.channels}], batch "
           f"{args.batch_size}, {args.workers} workers, {torch.get_num_threads()} torch threads; samples/s, "
           f"median of {args.repeats} epochs")
     width = 52
