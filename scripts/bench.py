@@ -8,10 +8,11 @@ For each case, in this one process: the same model (nettrain's builders), data, 
 precision, trained by `nettrain.train.fit` (its history's `train_samples_per_sec`) and by a minimal
 hand-written PyTorch loop, and by PyTorch Lightning's Trainer where it is installed; training
 samples/s, median over rounds that alternate them (so load on the machine hits all alike), the
-first epoch of every round being warm-up. DDP cases add nettrain's samples/s with 1 and 2 worker
-processes (`trainer.devices`, CPU). Then the wall clock of commands in fresh processes: import,
-`--help`, a config error, a run that trains two batches (start-up and set-up) and the whole default
-`nettrain train` (objects {case, seconds}). Data is generated in a temp dir (tests/datagen.py).
+first epoch of every round being warm-up; a ratio is the median of the rounds' side-by-side ratios.
+DDP cases add nettrain's samples/s with 1 and 2 worker processes (`trainer.devices`, CPU). Then
+the wall clock of commands in fresh processes: import, `--help`, a config error, a run that trains
+two batches (start-up and set-up) and the whole default `nettrain train` (objects {case, seconds}).
+Data is generated in a temp dir (tests/datagen.py).
 """
 
 from __future__ import annotations
@@ -237,19 +238,29 @@ def ratio(a: float, b: float) -> float:
     return round(a / b, 3)
 
 
+def paired_ratio(ours: list[list[float]], theirs: list[list[float]]) -> float:
+    """The median over rounds of (this round's median samples/s / the other's), warm-up epochs dropped."""
+    return round(statistics.median(median_rate([a]) / median_rate([b]) for a, b in zip(ours, theirs)), 3)
+
+
 def measure_case(case: Case, cfg: DictConfig, rounds: int, ddp: bool, work: Path) -> dict[str, Any]:
     """{case, nettrain, raw, ratio} in samples/s, with `lightning`, `lightning_ratio` where it is
     installed and `ddp_1`, `ddp_2`, `ddp_scaling` (nettrain with 1 and 2 processes) for DDP cases."""
     ours, raw, peer = [], [], []
-    for _ in range(rounds):
-        ours.append(nettrain_rates(cfg, 1 + case.epochs, work))
-        raw.append(raw_rates(cfg, 1 + case.epochs))
+    for r in range(rounds):
+        # Alternate who goes first, so neither always runs right after the other's checkpoint writes.
+        runs = [lambda: ours.append(nettrain_rates(cfg, 1 + case.epochs, work)),
+                lambda: raw.append(raw_rates(cfg, 1 + case.epochs))]
+        for run in runs if r % 2 == 0 else runs[::-1]:
+            run()
         peer.append(lightning_rates(cfg, 1 + case.epochs))
     result = {"case": case.name, "nettrain": round(median_rate(ours)), "raw": round(median_rate(raw))}
-    result["ratio"] = ratio(result["nettrain"], result["raw"])
+    # Ratios of runs made side by side, then their median: the machine's load drifts (a shared host
+    # swings the raw loop's own samples/s by 20 %), and pairing cancels what both runs of a round felt.
+    result["ratio"] = paired_ratio(ours, raw)
     if peer[0] is not None:
         result["lightning"] = round(median_rate(peer))
-        result["lightning_ratio"] = ratio(result["lightning"], result["raw"])
+        result["lightning_ratio"] = paired_ratio(peer, raw)
     if ddp:
         result["ddp_1"] = round(median_rate([ddp_rates(cfg, 1, 2 + case.epochs, work)]))
         result["ddp_2"] = round(median_rate([ddp_rates(cfg, 2, 2 + case.epochs, work)]))

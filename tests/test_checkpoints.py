@@ -97,3 +97,12 @@ def test_top_k_keeps_the_k_best_epochs_plus_last_and_best(tmp_path):
     assert {p.name for p in (run_dir / "checkpoints").glob("epoch=*.pt")} == expected
     assert load_checkpoint(run_dir / "checkpoints" / "best.pt")["progress"]["best_epoch"] == best_two[0]["epoch"]
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]["epoch"] == 5
+
+
+def test_one_save_to_several_paths_writes_them_once_and_a_later_save_leaves_the_others(tmp_path):
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    save_checkpoint({"step": 1}, last, best)
+    assert load_checkpoint(last)["step"] == load_checkpoint(best)["step"] == 1
+    save_checkpoint({"step": 2}, last)  # renames a new file over last.pt: best.pt keeps its content
+    assert (load_checkpoint(last)["step"], load_checkpoint(best)["step"]) == (2, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temp files left

@@ -97,7 +97,7 @@ def cached_images(files: Sequence[Path], *, root: Path, name: str, image_size: i
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "images": images, "bad": {str(k): v for k, v in bad.items()}}, buffer)
     try:
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(buffer.getvalue(), path)
     except CheckpointWriteError as e:
         raise invalid("data.cache_dir", str(cache_dir), f"cannot write the image cache there ({e})") from None
     for stale in cache_dir.glob(f"{prefix}*.pt"):
