@@ -59,6 +59,11 @@ def run_hydra_app(task: Callable[[DictConfig], Any], argv: list[str], config_nam
     except (HydraException, OmegaConfBaseException) as e:
         print(f"nettrain: {_first_line(e)}", file=sys.stderr)
         return 2
+    except ValueError as e:
+        if not str(e).startswith("Only one of --run"):  # Hydra's check of its mode flags (-m with --cfg, ...)
+            raise
+        print(f"nettrain: {e}", file=sys.stderr)
+        return 2
     return _outcome["exit"]
 
 

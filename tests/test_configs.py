@@ -60,6 +60,12 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+def test_conflicting_hydra_modes_are_one_line(tmp_path, capsys):
+    assert run_in_process("train", "-m", "optimizer.lr=1e-3,1e-2", "--cfg", "job") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "nettrain: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"
+
+
 def test_help_lists_the_config_groups(tmp_path):
     assert "train" in nettrain("--help", cwd=tmp_path).stdout
     out = nettrain("train", "--help", cwd=tmp_path).stdout
