@@ -28,6 +28,12 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
 
 
+def _val_loss_points(run_dir: Path) -> int:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return len(EventAccumulator(str(run_dir)).Reload().Scalars("loss/val"))
+
+
 def _start(run_dir: Path, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "nettrain", "train", f"hydra.run.dir={run_dir}", *RUN], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -76,6 +82,7 @@ def test_kill_9_in_epoch_3_then_resume_is_bit_identical(tmp_path, reference):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert metrics(run_dir)["status"] == "running"
+    assert _val_loss_points(run_dir) == 2  # the curves of the finished epochs reached disk before the kill
 
     nettrain("train", f"resume={run_dir}", cwd=tmp_path)
 
