@@ -42,8 +42,12 @@ def test_mlp_takes_tabular_rows_and_convnets_refuse_them():
         build_model(CONFIGS["cnn"], spec)
 
 
-def test_small_images_get_the_small_stem():
-    small = build_model(CONFIGS["resnet18"], DataSpec(input_shape=[3, 32, 32], num_classes=10, class_names=list("abcdefghij")))
-    large = build_model(CONFIGS["resnet18"], DataSpec(input_shape=[3, 224, 224], num_classes=10, class_names=list("abcdefghij")))
-    assert small.backbone.conv1.kernel_size == (3, 3) and isinstance(small.backbone.maxpool, torch.nn.Identity)
-    assert large.backbone.conv1.kernel_size == (7, 7)
+@pytest.mark.parametrize("size, stem, last_stage", [(32, (3, 3), 4), (64, (3, 3), 4), (224, (7, 7), 7)])
+def test_small_images_get_the_small_stem_and_the_last_stage_sees_4x4(size, stem, last_stage):
+    model = build_model(CONFIGS["resnet18"], DataSpec(input_shape=[3, size, size], num_classes=2, class_names=["a", "b"]))
+    assert model.backbone.conv1.kernel_size == stem
+    assert isinstance(model.backbone.maxpool, torch.nn.Identity) == (size <= 64)
+    features = {}
+    model.backbone.layer4.register_forward_hook(lambda module, inputs, output: features.update(out=output))
+    model.eval()(torch.randn(1, 3, size, size))
+    assert features["out"].shape[-2:] == (last_stage, last_stage)
