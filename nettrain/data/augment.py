@@ -43,10 +43,12 @@ def _scale_shift(x: Tensor, scale_x: Tensor, scale_y: Tensor, shift_x: Tensor, s
     pixel centres in [-1, 1] (a negative scale mirrors). The map is axis-aligned, so its grid is
     built from one row and one column per image: `affine_grid`'s general 2x3 maps cost 10x more on the CPU."""
     n, _, height, width = x.shape
+    # The per-sample draws (made on the CPU, seeded) cross to x's device in one copy.
+    scale_x, scale_y, shift_x, shift_y = torch.stack([scale_x, scale_y, shift_x, shift_y], 1).to(x.device, x.dtype).unbind(1)
 
     def axis(size: int, scale: Tensor, shift: Tensor) -> Tensor:
         centres = torch.arange(size, device=x.device, dtype=x.dtype).mul_(2).add_(1).div_(size).sub_(1)
-        return scale.to(x.device, x.dtype).view(n, 1) * centres + shift.to(x.device, x.dtype).view(n, 1)
+        return scale.view(n, 1) * centres + shift.view(n, 1)
 
     gx = axis(width, scale_x, shift_x).view(n, 1, width, 1).expand(n, height, width, 1)
     gy = axis(height, scale_y, shift_y).view(n, height, 1, 1).expand(n, height, width, 1)
