@@ -3,6 +3,7 @@ needs. With one process each operation is a no-op, so the loop reads the same wi
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,6 +58,18 @@ def all_gather(tensor: torch.Tensor, rt: Runtime) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(rt.world_size)]
     dist.all_gather(parts, tensor)
     return torch.stack(parts)
+
+
+def all_gather_object(obj: Any, rt: Runtime) -> list[Any]:
+    """Every rank's `obj` (tensors, numbers, strings, lists, dicts: what a checkpoint holds), in rank order."""
+    if not rt.distributed:
+        return [obj]
+    # As torch.save bytes: all_gather_object's own unpickling of tensors fails on tensor storages.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    blobs: list[Any] = [None] * rt.world_size
+    dist.all_gather_object(blobs, buffer.getvalue())
+    return [torch.load(io.BytesIO(blob), weights_only=True) for blob in blobs]
 
 
 def any_rank(flag: bool, rt: Runtime) -> bool:

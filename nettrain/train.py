@@ -167,11 +167,15 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     monitor = Monitor(cfg.early_stopping)
     progress = Progress()
     totals = RunningTotals(rt.device, spec.task)  # this epoch's [loss sum, correct, samples]
+    if rt.distributed:
+        # Each rank draws its own dropout masks from here on (timm seeds seed + rank too). The model and
+        # its EMA copy were built from the shared seed, so every rank starts from the same weights.
+        runtime.seed_everything(t.seed + rt.rank)
     if ckpt is not None:
         _restore(ckpt, model, ema, optimizer, scheduler, scaler)
         progress = Progress(**ckpt["progress"])
         totals = RunningTotals(rt.device, spec.task, ckpt["epoch_totals"])
-        set_rng_state(ckpt["rng"])  # last: everything above may draw random numbers
+        set_rng_state(ckpt["rng"][rt.rank])  # last: everything above may draw random numbers
         log.info("resumed from %s at epoch %d, step %d", ckpt["path"], progress.epoch + 1, progress.step)
 
     runlog = RunLog(run_dir, cfg, t.seed, resume_step=progress.step if ckpt else None) if rt.is_main else None
@@ -184,7 +188,12 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     if t.compile:
         train_model = runtime.compile_model(train_model)
 
-    def checkpoint_state() -> dict[str, Any]:
+    def checkpoint_state() -> dict[str, Any] | None:
+        """The run's whole state, on rank 0 (None on the others). Every rank calls it: each adds its
+        generators' state, so a resumed rank draws exactly what it would have drawn."""
+        rngs = distributed.all_gather_object(rng_state(), rt)
+        if not rt.is_main:
+            return None
         return {
             "model": eval_model.state_dict(),                 # the weights validation measured
             "train_model": model.state_dict() if ema is not None else None,
@@ -192,7 +201,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "progress": asdict(progress), "epoch_totals": totals.tensor().cpu(),
             "config": OmegaConf.to_container(cfg, resolve=True), "spec": spec.to_dict(),
-            "record": runlog.record if runlog is not None else {}, "rng": rng_state(),
+            "record": runlog.record if runlog is not None else {}, "rng": rngs,
         }
 
     ckpt_dir = run_dir / "checkpoints"
@@ -251,8 +260,10 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
                     stopping = distributed.any_rank(stop.signum is not None, rt)
                     if stopping:
                         break
-                if ckpt_every and progress.step % ckpt_every == 0 and rt.is_main:
-                    save_checkpoint(checkpoint_state(), ckpt_dir / "last.pt")
+                if ckpt_every and progress.step % ckpt_every == 0:
+                    state = checkpoint_state()
+                    if rt.is_main:
+                        save_checkpoint(state, ckpt_dir / "last.pt")
             bar.remove_task(task)
             diverged_at = diverged_at or guard.check()
             if diverged_at:
@@ -260,8 +271,9 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
                 break
             if stopping and progress.batch < batches_per_epoch:
                 status = "interrupted"
+                state = checkpoint_state()
                 if rt.is_main:
-                    save_checkpoint(checkpoint_state(), ckpt_dir / "last.pt")
+                    save_checkpoint(state, ckpt_dir / "last.pt")
                 break
 
             # End of epoch: validate, record, checkpoint, decide whether to go on.
@@ -283,8 +295,9 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
             improved = monitor.update(progress, value, epoch + 1)
             if runlog is not None:
                 _log_epoch(runlog, record, progress, monitor, cfg, improved)
-                _save_epoch(checkpoint_state(), ckpt_dir, progress, monitor, cfg.checkpoint.save_top_k, improved,
-                            value, epoch + 1)
+            state = checkpoint_state()
+            if runlog is not None:
+                _save_epoch(state, ckpt_dir, progress, monitor, cfg.checkpoint.save_top_k, improved, value, epoch + 1)
                 runlog.write(status="running")
             if monitor.exhausted(progress):
                 status = "stopped_early"

@@ -17,7 +17,7 @@ from nettrain.data.spec import DataSpec
 from nettrain.launch import cluster, first_host
 from nettrain.models import build_model
 
-# Dropout off: every rank draws from the same seed, so masks would differ from a single process's.
+# Dropout off: each rank draws its own masks, which cannot equal a single process's.
 RUN = ["trainer.max_epochs=3", "model.dropout=0"]
 COMPARED = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
@@ -53,6 +53,20 @@ def test_two_processes_match_one_process_through_a_resume(tmp_path, one_process,
     # The checkpoint loads into a plain single-process model: no DDP `module.` prefixes.
     ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     build_model(OmegaConf.create(ckpt["config"]["model"]), DataSpec.from_dict(ckpt["spec"])).load_state_dict(ckpt["model"])
+
+
+def test_ranks_draw_their_own_dropout_masks_and_resume_them_exactly(tmp_path):
+    ddp = ["trainer.devices=2", "model.dropout=0.3", "data.batch_size=32"]
+    whole, halted = tmp_path / "whole", tmp_path / "halted"
+    assert run_in_process("train", f"hydra.run.dir={whole}", *ddp, "trainer.max_epochs=3") == 0
+    assert run_in_process("train", f"hydra.run.dir={halted}", *ddp, "trainer.max_epochs=2") == 0
+    rngs = torch.load(halted / "checkpoints" / "last.pt", weights_only=True)["rng"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
+
+    assert run_in_process("train", f"resume={halted}", "trainer.max_epochs=3") == 0
+    ours = torch.load(halted / "checkpoints" / "last.pt", weights_only=True)["model"]
+    theirs = torch.load(whole / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
 def test_a_failing_worker_ends_the_job_with_its_error(tmp_path):
