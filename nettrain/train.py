@@ -51,14 +51,14 @@ class Monitor:
         self.key, self.patience, self.min_delta = cfg.monitor, cfg.patience, cfg.min_delta
         self.mode = monitor_mode(cfg.monitor, cfg.mode)
 
-    def better(self, value: float, than: float | None, margin: float = 0.0) -> bool:
-        if than is None:
-            return math.isfinite(value)
-        return value < than - margin if self.mode == "min" else value > than + margin
-
     def update(self, progress: Progress, value: float, epoch: int) -> bool:
-        """Record an epoch's monitored value; True when it is the new best."""
-        improved = self.better(value, progress.best, self.min_delta)
+        """Record an epoch's monitored value; True when it beats the best so far by more than min_delta."""
+        if progress.best is None:
+            improved = math.isfinite(value)
+        elif self.mode == "min":
+            improved = value < progress.best - self.min_delta
+        else:
+            improved = value > progress.best + self.min_delta
         if improved:
             progress.best, progress.best_epoch, progress.stale_epochs = value, epoch, 0
         else:
