@@ -188,6 +188,8 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     if t.compile:
         train_model = runtime.compile_model(train_model)
 
+    ckpt_dir = run_dir / "checkpoints"
+
     def checkpoint_state() -> dict[str, Any] | None:
         """The run's whole state, on rank 0 (None on the others). Every rank calls it: each adds its
         generators' state, so a resumed rank draws exactly what it would have drawn."""
@@ -204,7 +206,11 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
             "record": runlog.record if runlog is not None else {}, "rng": rngs,
         }
 
-    ckpt_dir = run_dir / "checkpoints"
+    def save_last() -> None:
+        state = checkpoint_state()
+        if state is not None:
+            save_checkpoint(state, ckpt_dir / "last.pt")
+
     guard = DivergenceGuard(rt, t.divergence_factor)
     status, diverged_at, stopping = "completed", None, False
     samples_per_step = cfg.data.batch_size * rt.world_size
@@ -261,9 +267,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
                     if stopping:
                         break
                 if ckpt_every and progress.step % ckpt_every == 0:
-                    state = checkpoint_state()
-                    if rt.is_main:
-                        save_checkpoint(state, ckpt_dir / "last.pt")
+                    save_last()
             bar.remove_task(task)
             diverged_at = diverged_at or guard.check()
             if diverged_at:
@@ -271,9 +275,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
                 break
             if stopping and progress.batch < batches_per_epoch:
                 status = "interrupted"
-                state = checkpoint_state()
-                if rt.is_main:
-                    save_checkpoint(state, ckpt_dir / "last.pt")
+                save_last()
                 break
 
             # End of epoch: validate, record, checkpoint, decide whether to go on.
@@ -294,9 +296,9 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
             value = record.get(monitor.key, math.nan)
             improved = monitor.update(progress, value, epoch + 1)
             if runlog is not None:
-                _log_epoch(runlog, record, progress, monitor, cfg, improved)
-            state = checkpoint_state()
-            if runlog is not None:
+                _log_epoch(runlog, record, train, val, progress, monitor, cfg, improved)
+            state = checkpoint_state()  # after _log_epoch: the checkpoint carries this epoch's record
+            if state is not None:
                 _save_epoch(state, ckpt_dir, progress, monitor, cfg.checkpoint.save_top_k, improved, value, epoch + 1)
                 runlog.write(status="running")
             if monitor.exhausted(progress):
@@ -341,14 +343,13 @@ def _restore(ckpt: dict[str, Any], model: torch.nn.Module, ema: torch.nn.Module 
     scaler.load_state_dict(ckpt["scaler"])
 
 
-def _log_epoch(runlog: RunLog, record: dict[str, Any], progress: Progress, monitor: Monitor, cfg: DictConfig,
-               improved: bool) -> None:
+def _log_epoch(runlog: RunLog, record: dict[str, Any], train: dict[str, float], val: dict[str, float],
+               progress: Progress, monitor: Monitor, cfg: DictConfig, improved: bool) -> None:
     """An epoch's record into TensorBoard, metrics.json's history and the console (with any overfitting warning)."""
-    split = {name: {k[len(name) + 1:]: v for k, v in record.items() if k.startswith(name + "_")} for name in ("train", "val")}
-    runlog.scalars({"loss/train": split["train"]["loss"], "loss/val": split["val"]["loss"], "lr": record["lr"],
-                    **{f"{k}/{name}": v for name, values in split.items() for k, v in values.items()
-                       if k not in ("loss", "samples_per_sec")},
-                    "epoch": record["epoch"]}, progress.step)
+    runlog.scalars({"loss/train": train["loss"], "loss/val": val["loss"], "lr": record["lr"],
+                    **{f"{k}/train": v for k, v in train.items() if k != "loss"},
+                    **{f"{k}/val": v for k, v in val.items() if k != "loss"}, "epoch": record["epoch"]},
+                   progress.step)
     history = runlog.record["history"] + [record]
     best_record = history[progress.best_epoch - 1] if progress.best_epoch else {}
     runlog.record.update(history=history, epochs=record["epoch"], best_epoch=progress.best_epoch,

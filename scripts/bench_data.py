@@ -21,7 +21,6 @@ and, without a model, the loaders alone over the same in-memory tensors:
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
 import sys
@@ -135,7 +134,6 @@ def main(argv: list[str]) -> int:
         streamed = nettrain_data(root, None, args.size, args.batch_size, args.workers)
         results["nettrain uncached (StreamLoader)"] = measure(streamed.train.batches)
         del streamed
-        gc.collect()  # the loader and its sampler refer to each other: collect them, and their workers, now
         start = time.perf_counter()
         cached = nettrain_data(root, Path(tmp) / "cache", args.size, args.batch_size, args.workers)
         n = sum(len(y) for _, y in cached.train.batches(next(epochs)))

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,31 +40,28 @@ def _start(run_dir: Path, cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_epochs(run_dir: Path, epochs: int, proc: subprocess.Popen) -> None:
+def _wait(proc: subprocess.Popen, reached: Callable[[], bool], what: str) -> None:
+    """Poll (2 ms) until `reached()` while the run is alive: polling, not sleeping, keeps a signal
+    inside the intended epoch however fast the machine is."""
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         try:
-            if json.loads((run_dir / "metrics.json").read_text())["epochs"] >= epochs:
+            if reached():
                 return
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError):  # a file not there yet
             pass
-        time.sleep(0.02)
-    raise AssertionError(f"run did not reach epoch {epochs}")
+        time.sleep(0.002)
+    raise AssertionError(f"the run never reached {what}")
+
+
+def _wait_for_epochs(run_dir: Path, epochs: int, proc: subprocess.Popen) -> None:
+    _wait(proc, lambda: json.loads((run_dir / "metrics.json").read_text())["epochs"] >= epochs, f"epoch {epochs}")
 
 
 def _wait_for_new_checkpoint(path: Path, proc: subprocess.Popen) -> None:
-    """Checkpoints are replaced atomically, so a new inode means the next save has landed. Polling
-    instead of sleeping keeps the kill inside epoch 3 however fast the machine is."""
+    """Checkpoints are replaced atomically, so a new inode means the next save has landed."""
     seen = path.stat().st_ino
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if path.stat().st_ino != seen:
-                return
-        except OSError:
-            pass
-        time.sleep(0.002)
-    raise AssertionError(f"no new checkpoint at {path}")
+    _wait(proc, lambda: path.stat().st_ino != seen, f"a new {path.name}")
 
 
 @pytest.fixture(scope="module")

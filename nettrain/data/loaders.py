@@ -10,6 +10,7 @@ interrupted epoch already used.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 
 import torch
@@ -96,7 +97,9 @@ class _PlanSampler:
     """A batch sampler that yields `batch_plan` for the epoch set by the loader."""
 
     def __init__(self, loader: StreamLoader) -> None:
-        self.loader = loader
+        # A weak reference: the loader owns the DataLoader that owns this sampler, and a cycle would
+        # keep the DataLoader's worker processes alive after the loader is dropped, until a gc pass.
+        self.loader = weakref.proxy(loader)
 
     def __iter__(self) -> Iterator[list[int]]:
         for idx in self.loader.plan(self.loader.epoch)[self.loader.start:]:
