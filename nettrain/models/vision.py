@@ -1,51 +1,15 @@
-"""Model registry: every model is a `Net` of a backbone and a head, built from the data's spec.
-
-Shapes (channels, image size, classes, features) come from the `DataSpec`, never from the config.
-The backbone/head split is what fine-tuning uses: `model.freeze=backbone` trains only the head,
-and a checkpoint with a different number of classes re-initializes only the head.
-To add a model, write a function `(cfg, spec) -> Net` and name it in `MODELS`.
-"""
+"""Convolutional models for images: a small CNN and torchvision's ResNets, shaped by the data."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
-import torch
 from omegaconf import DictConfig
 from torch import nn
 
 from nettrain.data.spec import DataSpec
 from nettrain.errors import invalid
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU,
-}
-
-
-class Net(nn.Module):
-    """backbone -> features -> head -> outputs (logits, or values for regression)."""
-
-    def __init__(self, backbone: nn.Module, features: int, num_outputs: int, dropout: float,
-                 convolutional: bool) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, num_outputs))
-        self.convolutional = convolutional  # benefits from channels_last
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-
-def mlp(cfg: DictConfig, spec: DataSpec) -> Net:
-    layers: list[nn.Module] = [nn.Flatten()]
-    width = math.prod(spec.input_shape)
-    for hidden in cfg.hidden:
-        layers += [nn.Linear(width, hidden), ACTIVATIONS[cfg.activation](), nn.Dropout(cfg.dropout)]
-        width = hidden
-    # The last hidden layer's dropout is the head's own.
-    return Net(nn.Sequential(*layers[:-1]), width, spec.num_classes, cfg.dropout, convolutional=False)
-
+from nettrain.models.net import Net
 
 def cnn(cfg: DictConfig, spec: DataSpec) -> Net:
     if not spec.is_image:
@@ -87,17 +51,6 @@ def _resnet(depth: int) -> Callable[[DictConfig, DataSpec], Net]:
     return build
 
 
-MODELS: dict[str, Callable[[DictConfig, DataSpec], Net]] = {
-    "mlp": mlp,
-    "cnn": cnn,
-    "resnet18": _resnet(18),
-    "resnet34": _resnet(34),
-    "resnet50": _resnet(50),
-}
-
-
-def build_model(cfg: DictConfig, spec: DataSpec) -> Net:
-    """The network named by `cfg.name`, shaped for `spec`."""
-    if cfg.name not in MODELS:
-        raise invalid("model.name", cfg.name, "allowed: " + ", ".join(MODELS))
-    return MODELS[cfg.name](cfg, spec)
+resnet18 = _resnet(18)
+resnet34 = _resnet(34)
+resnet50 = _resnet(50)
