@@ -11,6 +11,7 @@ from nettrain.data.spec import DataSpec
 from nettrain.errors import invalid
 from nettrain.models.net import Net
 
+
 def cnn(cfg: DictConfig, spec: DataSpec) -> Net:
     if not spec.is_image:
         raise invalid("model", "cnn", f"needs image data, but the data has input shape {spec.input_shape}; use model=mlp")
