@@ -116,10 +116,13 @@ def load_model(ckpt: str | Path, device: str = "cpu") -> Loaded:
     from nettrain.checkpoint import load_checkpoint
     from nettrain.data.spec import DataSpec
     from nettrain.models import build_model
-    from nettrain.runtime import resolve_device
+    from nettrain.runtime import configure_cuda, cuda_device, resolve_device
 
     one_of("device", str(device).split(":")[0], ("auto", "cpu", "cuda"))
     target = resolve_device(str(device))
+    if target.type == "cuda":
+        target = cuda_device(target, None)
+        configure_cuda()  # the kernels training validated with
     state = load_checkpoint(absolute(str(ckpt)))
     spec = DataSpec.from_dict(state["spec"])
     config = OmegaConf.create(state["config"])

@@ -67,6 +67,20 @@ def resolve_precision(precision: Any, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16
 
 
+def cuda_device(device: torch.device, local_rank: int | None) -> torch.device:
+    """A CUDA device with its index: torch.cuda.set_device (and per-device state) refuse a bare `cuda`.
+    A data-parallel worker takes the GPU of its local rank; otherwise `cuda` is the current GPU."""
+    if local_rank is not None:
+        return torch.device("cuda", local_rank)
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+def configure_cuda() -> None:
+    """Kernel choices shared by training and every later command (eval reproduces validation exactly)."""
+    torch.backends.cudnn.benchmark = True  # autotune conv algorithms for the fixed input size
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls (cuDNN convolutions use TF32 by default)
+
+
 def available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -87,12 +101,9 @@ def setup(cfg: DictConfig) -> Runtime:
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     if device.type == "cuda":
-        if world_size > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        device = cuda_device(device, int(os.environ.get("LOCAL_RANK", 0)) if world_size > 1 else None)
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True  # autotune conv algorithms for the fixed input size
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        configure_cuda()
     else:
         threads = cfg.threads or max(available_cores() // world_size, 1)
         torch.set_num_threads(threads)
