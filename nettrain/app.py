@@ -7,6 +7,7 @@ outcome to an exit code. Torch is imported only once there is work to do.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nettrain.config import absolute, absolute_paths, monitor_mode, register_resolvers, validate
+from nettrain.config import absolute, absolute_paths, check_added_keys, check_targets, monitor_mode, register_resolvers, validate
 from nettrain.errors import UserError
 
 log = logging.getLogger("nettrain")
@@ -103,7 +104,7 @@ def _with_resume_dir(argv: list[str]) -> list[str]:
         return argv
     path = Path(absolute(resume))
     run_dir = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return [*argv, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+    return [*argv, f"hydra.run.dir={run_dir}"]
 
 
 def train_main(argv: list[str]) -> int:
@@ -143,11 +144,16 @@ def read_metrics(run_dir: Path) -> dict[str, Any] | None:
 
 def train_task(cfg: DictConfig) -> float:
     """One training job. Returns the best monitored value (what Hydra's sweepers optimize)."""
+    from nettrain import rundir
+
     run_dir, multirun, overrides = _hydra_context()
-    previous = read_metrics(run_dir)
-    started = False
+    composed = copy.deepcopy(cfg)  # as Hydra composed it, for .hydra/config.yaml
+    previous, started = None, False
     try:
+        rundir.lock(run_dir)  # before reading anything: a second process on this dir stops here
+        previous = read_metrics(run_dir)
         validate(cfg)
+        check_added_keys(cfg, overrides)
         absolute_paths(cfg)
         ckpt = None
         if cfg.resume:
@@ -167,27 +173,45 @@ def train_task(cfg: DictConfig) -> float:
                 from nettrain.checkpoint import load_checkpoint
 
                 ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        if ckpt is None:
+            rundir.record_hydra_config(run_dir, composed)  # a resumed run keeps its own record
         from nettrain.launch import launch
 
         started = True
         result = launch(cfg, run_dir, ckpt)
-    except UserError as e:
-        log.error("nettrain: %s", e)
-        # A run that never wrote anything leaves no dir behind; one that did (or a sweep's job)
-        # keeps it with the error. A refused resume leaves the run it names untouched.
-        if multirun or (not _discard_new_run_dir(run_dir, previous) and started):
-            _record_failure(run_dir, str(e), previous)
-        _outcome["exit"] = max(_outcome["exit"], e.exit_code)
+    except (UserError, OSError) as e:
+        message = str(e) if isinstance(e, UserError) else _os_error_line(e)
+        code = e.exit_code if isinstance(e, UserError) else 1
+        if started or multirun:
+            log.error("nettrain: %s", message)  # into the run's train.log too
+        else:  # a refused command writes nothing into the dir it names, not even its log
+            print(f"nettrain: {message}", file=sys.stderr)
+        if not isinstance(e, rundir.RunDirBusy):
+            # A run that never wrote anything leaves no dir behind; one that did (or a sweep's job)
+            # keeps it with the error. A refused resume leaves the run it names untouched.
+            if multirun or (not _discard_new_run_dir(run_dir, previous) and started):
+                _record_failure(run_dir, message)
+        _outcome["exit"] = max(_outcome["exit"], code)
         if not multirun:
-            raise SystemExit(e.exit_code) from None
+            raise SystemExit(code) from None
         return _worst(cfg)
     except Exception as e:  # a bug or a crash (out of memory, ...): record it, then show it in full
-        _record_failure(run_dir, f"{type(e).__name__}: {e}", previous)
+        _record_failure(run_dir, f"{type(e).__name__}: {e}")
         if not multirun:
             raise
         log.error("job failed:\n%s", traceback.format_exc())
         _outcome["exit"] = 1
         return _worst(cfg)
+    except (KeyboardInterrupt, SystemExit):
+        # A second Ctrl-C quits mid-step: last.pt (written atomically) still holds the last save.
+        if started and (run_dir / "checkpoints" / "last.pt").is_file():
+            _record_failure(run_dir, "interrupted (second Ctrl-C)", status="interrupted",
+                            resume_command=f"nettrain train resume={run_dir}")
+        elif started:
+            _record_failure(run_dir, "interrupted before the first checkpoint")
+        raise
+    finally:
+        rundir.unlock(run_dir)
     status = result["status"]
     if status == "diverged":
         log.error("nettrain: %s", result["error"])
@@ -198,6 +222,12 @@ def train_task(cfg: DictConfig) -> float:
                         run_dir.parent)
         raise SystemExit(_outcome["exit"])
     return _objective(result, cfg)
+
+
+def _os_error_line(e: OSError) -> str:
+    """A failed write or read (read-only dir, full disk) in one line: what, where, why."""
+    where = f" {e.filename}" if e.filename else ""
+    return f"cannot write or read{where}: {e.strerror or e}"
 
 
 def _set_exit(status: str, signum: int | None = None) -> None:
@@ -225,10 +255,11 @@ def _resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict[str
     from nettrain.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(absolute(cfg.resume), prefer="last.pt")
+    check_targets(ckpt["config"], cfg, ckpt["path"])  # before anything builds from it
     saved = OmegaConf.create(ckpt["config"])
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        if key == "resume" or key.startswith("hydra."):
+        if key == "resume" or key.startswith("hydra.") or _same(OmegaConf.select(cfg, key), OmegaConf.select(saved, key)):
             continue
         if key not in RESUMABLE_KEYS:
             raise UserError(f"cannot change {key} when resuming: it would change the run being continued "
@@ -242,16 +273,26 @@ def _resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict[str
     return saved, ckpt
 
 
-def _record_failure(run_dir: Path, error: str, previous: dict[str, Any] | None) -> None:
-    """A failed job keeps its dir with `status: failed` and the error, so a sweep summary lists it."""
+def _same(given: Any, saved: Any) -> bool:
+    """An override that restates the run's own value (e.g. the model config that names the user's
+    own `_target_`) changes nothing."""
+    def plain(value: Any) -> Any:
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+    return given is not None and plain(given) == plain(saved)
+
+
+def _record_failure(run_dir: Path, error: str, status: str = "failed", **fields: Any) -> None:
+    """A failed job keeps its dir with the status and the error, so a sweep summary lists it. The
+    record is the latest on disk: every epoch already recorded is kept."""
     from nettrain.checkpoint import atomic_write_text
 
-    record = dict(previous or {}) | {"status": "failed", "error": error}
+    record = (read_metrics(run_dir) or {}) | {"status": status, "error": error, **fields}
     record.setdefault("history", [])
     try:
         atomic_write_text(run_dir / "metrics.json", json.dumps(record, indent=2, default=str) + "\n")
     except UserError:
-        pass
+        pass  # the disk refuses writes: the last complete metrics.json stays
 
 
 def _discard_new_run_dir(run_dir: Path, previous: dict[str, Any] | None) -> bool:

@@ -189,6 +189,12 @@ def csv_report(cfg: DictConfig, out: Console) -> list[str]:
                     problems.append(str(e))
         else:
             kind, values = "numeric", f"{col.min():.4g} .. {col.max():.4g}" if col.notna().any() else "-"
+            if role != "unused":
+                try:
+                    numeric_column(col, name, path)
+                except UserError as e:
+                    kind = "[red]numeric (not finite)[/]"
+                    problems.append(str(e))
         missing = int(col.isna().sum())
         columns.add_row(name, role, kind, f"{missing} ({missing / len(table):.0%})" if missing else "0",
                         str(col.nunique()), values)
@@ -204,6 +210,9 @@ def csv_report(cfg: DictConfig, out: Console) -> list[str]:
         balance.add_column("rows", justify="right")
         balance.add_column("share", justify="right")
         counts = y.astype(str).value_counts()
+        if len(counts) < 2:
+            problems.append(f"the target column {target!r} holds one class only ({counts.index[0]!r}): "
+                            f"training refuses it (classification needs at least two)")
         for value, n in counts.items():
             balance.add_row(str(value), str(n), f"{n / len(y):.1%}")
         out.print(balance)

@@ -7,6 +7,7 @@ the data spec, so eval, predict, export and resume need nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -58,7 +59,8 @@ def atomic_write_bytes(data: bytes, *paths: Path) -> None:
                 os.close(dir_fd)
     except OSError as e:
         for tmp in tmps:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only dir refuses this too: the error to show is `e`
+                tmp.unlink(missing_ok=True)
         raise CheckpointWriteError(f"could not write {failed}: {e.strerror or e}; the previous file is intact") from e
 
 
@@ -100,12 +102,14 @@ def load_checkpoint(path: str | Path, prefer: str = "best.pt") -> dict[str, Any]
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch names the class or function the file wanted to run ("Unsupported global: ...").
-        reason = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), None)
+        # The weights-only unpickler refused the file. A pickle that asks for a class or function
+        # (torch names it a "global", in words whose case changes between versions) is a refusal,
+        # not a damaged file.
+        reason = next((line.strip() for line in str(e).splitlines() if "global" in line.lower()), None)
         if reason is None:
             raise UserError(f"cannot load {file}: not a complete checkpoint (truncated or another format)") from e
-        raise UserError(f"refusing to load {file}: it holds pickled objects that could run code "
-                        f"(only plain tensors and values are allowed): {reason[:200]}") from e
+        raise UserError(f"refusing to load {file}: not a plain-tensor checkpoint; it holds pickled objects that "
+                        f"could run code (only tensors and plain values are allowed): {reason[:200]}") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise UserError(f"cannot load {file}: not a complete checkpoint (truncated or another format): "
                         f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from e

@@ -7,6 +7,7 @@ every model, dataset and optimizer.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -177,6 +178,78 @@ def absolute_paths(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, str) and not (key == "model.pretrained" and value == "imagenet"):
             OmegaConf.update(cfg, key, absolute(value))
+
+
+def find_targets(node: Any, path: str = "") -> list[tuple[str, str]]:
+    """Every `_target_` in a config (plain containers or OmegaConf), as (key path, value); list items
+    are `key[i]`. Hydra's instantiate would import and call each of them."""
+    if OmegaConf.is_config(node):
+        node = OmegaConf.to_container(node, resolve=False)
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "_target_":
+                found.append((where, str(value)))
+            else:
+                found += find_targets(value, where)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += find_targets(value, f"{path}[{i}]")
+    return found
+
+
+def shipped_targets() -> set[tuple[str, str]]:
+    """The (key path, `_target_`) pairs of the configs nettrain ships: a group file's keys sit under
+    its group (optimizer/sgd.yaml -> optimizer._target_), a `# @package _global_` file's at the top."""
+    from importlib.resources import files
+
+    root = Path(str(files("nettrain.configs")))
+    pairs: set[tuple[str, str]] = set()
+    for path in root.rglob("*.yaml"):
+        group = path.relative_to(root).parent.as_posix()
+        if group.startswith("hydra"):
+            continue  # the hydra node is never stored with a run's config
+        text = path.read_text()
+        prefix = "" if "@package _global_" in text or group == "." else group.replace("/", ".")
+        pairs |= set(find_targets(OmegaConf.create(text), prefix))
+    return pairs
+
+
+def check_targets(stored: Any, trusted: DictConfig, source: str) -> None:
+    """A config read from a file (a checkpoint) may only name the `_target_`s nettrain ships or the
+    ones this command's own config names, each at the same key: anything else could run code."""
+    allowed = shipped_targets() | set(find_targets(trusted))
+    for key, target in find_targets(stored):
+        if (key, target) not in allowed:
+            raise UserError(f"refusing the config stored in {source}: {key}={target!r} is neither a target nettrain "
+                            f"ships nor one this command names; if it is your own code, give the config that "
+                            f"names it on this command line")
+
+
+def check_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
+    """`+key=value` may add options for a `_target_` (they become its arguments, e.g.
+    `+optimizer.amsgrad=true`), never keys that nettrain reads by name: a misspelt
+    `+trainer.max_epoch=3` would otherwise be accepted and do nothing."""
+    from hydra.core.hydra_config import HydraConfig
+
+    groups = set(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else set()
+    for override in overrides:
+        if not override.startswith("+"):
+            continue
+        key = override.lstrip("+").split("=", 1)[0]
+        if key in groups or key.startswith("hydra."):
+            continue
+        parent, _, name = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if parent and OmegaConf.is_dict(node) and "_target_" in node:
+            continue
+        known = [str(k) for k in node.keys()] if OmegaConf.is_dict(node) else []
+        known = [k for k in known if k != name]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else (
+            f"{parent or 'the config'} has: {', '.join(known)}" if known else "nettrain does not read it")
+        raise UserError(f"unknown key {key} (from {override}): {hint}")
 
 
 def validate(cfg: DictConfig) -> None:

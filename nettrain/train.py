@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nettrain import distributed, runtime
-from nettrain.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nettrain.checkpoint import atomic_write_bytes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nettrain.config import monitor_mode
 from nettrain.data import DataContext, build_data
 from nettrain.logs import console, epoch_progress
@@ -25,6 +25,7 @@ from nettrain.losses import build_loss
 from nettrain.metrics import RunningTotals, evaluate, summarize
 from nettrain.models import build_model
 from nettrain.optim import build_optimizer, build_scheduler
+from nettrain.rundir import remove_stale_temp_files
 from nettrain.tracking import RunLog
 
 log = logging.getLogger("nettrain")
@@ -176,11 +177,19 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
         progress = Progress(**ckpt["progress"])
         totals = RunningTotals(rt.device, spec.task, ckpt["epoch_totals"])
         set_rng_state(ckpt["rng"][rt.rank])  # last: everything above may draw random numbers
+        if rt.is_main and ckpt.get("data_fingerprint", data.fingerprint) != data.fingerprint:
+            was, now = ckpt.get("data_fingerprint") or {}, data.fingerprint or {}
+            log.warning("the data changed since the checkpoint (%s files then, %s now, contents differ): the resumed "
+                        "run goes on, but it no longer replays the interrupted one exactly", was.get("files", "?"),
+                        now.get("files", "?"))
         log.info("resumed from %s at epoch %d, step %d", ckpt["path"], progress.epoch + 1, progress.step)
 
     runlog = RunLog(run_dir, cfg, t.seed, resume_step=progress.step if ckpt else None) if rt.is_main else None
     if runlog is not None and ckpt is not None:
+        remove_stale_temp_files(run_dir)
+        _repair_checkpoints(ckpt, run_dir / "checkpoints")
         runlog.resume_from(ckpt["record"])
+        runlog.write(status="running")  # metrics.json as last.pt knows the run, whatever a kill left
 
     train_model: torch.nn.Module = model
     if rt.distributed:
@@ -204,6 +213,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
             "progress": asdict(progress), "epoch_totals": totals.tensor().cpu(),
             "config": OmegaConf.to_container(cfg, resolve=True), "spec": spec.to_dict(),
             "record": runlog.record if runlog is not None else {}, "rng": rngs,
+            "data_fingerprint": data.fingerprint,
         }
 
     def save_last() -> None:
@@ -390,20 +400,67 @@ def _overfit_warning(history: list[dict[str, Any]], patience: int, progress: Pro
 
 def _save_epoch(state: dict[str, Any], ckpt_dir: Path, progress: Progress, monitor: Monitor, top_k: int,
                 improved: bool, value: float, epoch: int) -> None:
-    """last.pt always; best.pt when the monitored metric improved; the top-k by that metric."""
-    paths = [ckpt_dir / "last.pt"]
-    if improved:
-        paths.append(ckpt_dir / "best.pt")
+    """last.pt always; best.pt when the monitored metric improved; the top-k by that metric.
+
+    The order makes a kill at any instant repairable (`_repair_checkpoints`): a new top-k file
+    first (nothing names it yet), then last.pt, the commit point that resume reads, then best.pt;
+    top-k files that dropped out are deleted only once last.pt no longer lists them."""
+    paths, dropped = [], []
     if top_k and math.isfinite(value):
         name = f"epoch={epoch:03d}-{monitor.key}={value:.4f}.pt"
         ranked = sorted([*progress.top_k, [value, name]], key=lambda e: e[0], reverse=monitor.mode == "max")
         if [value, name] in ranked[:top_k]:
             paths.append(ckpt_dir / name)
-        for _, dropped in ranked[top_k:]:
-            (ckpt_dir / dropped).unlink(missing_ok=True)
+        dropped = [name for _, name in ranked[top_k:]]
         progress.top_k = ranked[:top_k]
         state["progress"] = asdict(progress)
+    paths.append(ckpt_dir / "last.pt")
+    if improved:
+        paths.append(ckpt_dir / "best.pt")
     save_checkpoint(state, *paths)
+    for name in dropped:
+        _remove(ckpt_dir / name)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:  # e.g. a permission error: an extra file on disk loses nothing
+        log.warning("could not delete %s: %s", path, e.strerror or e)
+
+
+def _repair_checkpoints(ckpt: dict[str, Any], ckpt_dir: Path) -> None:
+    """Bring best.pt and the top-k files in line with last.pt after a kill between `_save_epoch`'s
+    renames: a best.pt one epoch behind is replaced by last.pt (that epoch was the best), a top-k
+    file last.pt does not list is deleted, a missing one of last.pt's own epoch is restored."""
+    last = ckpt_dir / "last.pt"
+    if Path(ckpt["path"]) != last:
+        return  # resuming from another file (best.pt, a top-k one): nothing to compare against
+    progress = ckpt["progress"]
+    epoch_end = progress["batch"] == 0
+
+    def copy_last(to: Path) -> None:
+        log.warning("repairing %s from %s (a kill between checkpoint writes)", to.name, last.name)
+        atomic_write_bytes(last.read_bytes(), to)
+
+    best = ckpt_dir / "best.pt"
+    if epoch_end and progress["best_epoch"] == progress["epoch"] and _saved_epoch(best) != progress["epoch"]:
+        copy_last(best)
+    listed = {name for _, name in progress["top_k"]}
+    for path in ckpt_dir.glob("epoch=*.pt"):
+        if path.name not in listed:
+            _remove(path)
+    for name in listed:
+        if not (ckpt_dir / name).is_file() and epoch_end and name.startswith(f"epoch={progress['epoch']:03d}-"):
+            copy_last(ckpt_dir / name)
+
+
+def _saved_epoch(path: Path) -> int | None:
+    """The epoch count a checkpoint was saved at (None when it is missing or unreadable)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["progress"]["epoch"]
+    except Exception:  # noqa: BLE001 - missing, torn or foreign: all mean "repair it"
+        return None
 
 
 def _summary(result: dict[str, Any], record: dict[str, Any], run_dir: Path) -> None:

@@ -22,7 +22,7 @@ def test_a_malicious_checkpoint_is_refused_and_never_runs(tmp_path, capfd):
     evil, marker = tmp_path / "evil.pt", tmp_path / "pwned"
     save_malicious_checkpoint(evil, marker)
 
-    with pytest.raises(UserError, match="refusing to load .*evil.pt: it holds pickled objects"):
+    with pytest.raises(UserError, match="refusing to load .*evil.pt: not a plain-tensor checkpoint; it holds pickled objects"):
         load_checkpoint(evil)
     assert run_in_process("train", f"resume={evil}") == 2
     assert len(capfd.readouterr().err.strip().splitlines()) == 1

@@ -5,8 +5,11 @@ To add a dataset, write `build(cfg, ctx) -> Data` in a module here and name it i
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -33,6 +36,9 @@ class Data:
     val: Loader
     test: Loader | None = None
     class_weights: list[float] | None = None  # per class, for a weighted loss (rare positives)
+    # What was read, in brief ({"files": n, "digest": hex}): a resumed run warns when it changed,
+    # since the data order it replays is no longer the interrupted run's.
+    fingerprint: dict[str, Any] | None = None
 
 
 @dataclass
@@ -55,6 +61,20 @@ def tensor_loader(x: torch.Tensor, y: torch.Tensor, cfg: DictConfig, ctx: DataCo
                           shuffle=train, drop_last=train, seed=ctx.seed, transform=transform,
                           rank=ctx.rank, world_size=ctx.world_size)
     return loader.to(ctx.device) if ctx.resident else loader
+
+
+def files_fingerprint(paths: list[Path], root: Path | None = None) -> dict[str, Any]:
+    """The files' names (relative to `root`) and sizes, hashed; content is read only for one file
+    (a CSV), where reading it all is cheap next to parsing it."""
+    digest = hashlib.sha256()
+    if root is None and len(paths) == 1:
+        with open(paths[0], "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    else:
+        for path in sorted(paths):
+            digest.update(f"{path.relative_to(root) if root else path}\0{path.stat().st_size}\n".encode())
+    return {"files": len(paths), "digest": digest.hexdigest()[:16]}
 
 
 def build_data(cfg: DictConfig, ctx: DataContext) -> Data:

@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from nettrain.config import absolute
-from nettrain.data import Data, DataContext, tensor_loader
+from nettrain.data import Data, DataContext, files_fingerprint, tensor_loader
 from nettrain.data.augment import image_batch_transform
 from nettrain.data.cache import cached_images, decode_each, default_cache_dir
 from nettrain.data.labels import balanced_weights, split_indices
@@ -243,7 +243,8 @@ def build(cfg: DictConfig, ctx: DataContext) -> Data:
     return Data(spec=spec, train=loader(parts["train"], True), val=loader(parts["val"], False),
                 test=loader(parts["test"], False) if "test" in parts else None,
                 class_weights=balanced_weights(parts["train"].labels, len(class_names))
-                if cfg.get("class_weights") == "balanced" else None)
+                if cfg.get("class_weights") == "balanced" else None,
+                fingerprint=files_fingerprint([*parts["train"].files, *parts["val"].files], root))
 
 
 def _require_every_class(folder: Folder, class_names: list[str], purpose: str) -> None:

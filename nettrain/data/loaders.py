@@ -10,6 +10,7 @@ interrupted epoch already used.
 
 from __future__ import annotations
 
+import signal
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -109,6 +110,14 @@ class _PlanSampler:
         return len(self.loader.plan(self.loader.epoch)) - self.loader.start
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave SIGINT/SIGTERM to the main process. A Ctrl-C or a scheduler's SIGTERM goes to the
+    whole process group: a worker that died of it would fail the step the main process is finishing
+    before it saves; instead the main process stops the workers itself once it has saved."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class StreamLoader(_Planned):
     """A Dataset decoded on the fly by DataLoader workers, batched by the same plan as TensorLoader."""
 
@@ -121,7 +130,7 @@ class StreamLoader(_Planned):
         self.epoch, self.start = 0, 0
         self.loader = DataLoader(dataset, batch_sampler=_PlanSampler(self), num_workers=num_workers,
                                  pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                                 generator=torch.Generator().manual_seed(seed))
+                                 generator=torch.Generator().manual_seed(seed), worker_init_fn=_ignore_stop_signals)
 
     def batches(self, epoch: int, start: int = 0, device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         self.epoch, self.start = epoch, start

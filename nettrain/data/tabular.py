@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from nettrain.config import absolute
-from nettrain.data import Data, DataContext, tensor_loader
+from nettrain.data import Data, DataContext, files_fingerprint, tensor_loader
 from nettrain.data.labels import balanced_weights, split_indices
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError, invalid
@@ -52,18 +52,29 @@ def read_table(path: str | Path, categorical: list[str] = ()) -> Any:
     return table
 
 
+# Inputs are float32: a value past this (inf, 1e308) would be inf there, and a loss of inf or NaN
+# would be blamed on the learning rate.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def numeric_column(column: Any, name: str, path: str | Path) -> Any:
-    """The column as floats, or a one-line error naming a value that is not a number."""
+    """The column as floats, or a one-line error naming a value that is not a number or not finite."""
     import pandas as pd
 
     if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-        return column.astype("float64")
-    parsed = pd.to_numeric(column, errors="coerce")
-    bad = column[parsed.isna() & column.notna()]
-    if len(bad):
-        raise UserError(f"column {name!r} of {path} is not numeric (e.g. {bad.iloc[0]!r} on line {bad.index[0] + 2}); "
-                        f"declare it categorical with data.categorical=[{name}] or leave it out with data.drop=[{name}]")
-    return parsed.astype("float64")
+        values = column.astype("float64")
+    else:
+        values = pd.to_numeric(column, errors="coerce")
+        bad = column[values.isna() & column.notna()]
+        if len(bad):
+            raise UserError(f"column {name!r} of {path} is not numeric (e.g. {bad.iloc[0]!r} on line {bad.index[0] + 2}); "
+                            f"declare it categorical with data.categorical=[{name}] or leave it out with data.drop=[{name}]")
+        values = values.astype("float64")
+    huge = values[values.abs() > FLOAT32_MAX]
+    if len(huge):
+        raise UserError(f"column {name!r} of {path} holds {huge.iloc[0]!r} on line {huge.index[0] + 2}: values must be "
+                        f"finite and within +-{FLOAT32_MAX:.3g}; fix or remove the row (or data.drop=[{name}])")
+    return values
 
 
 def choose_columns(table: Any, cfg: DictConfig, path: str) -> tuple[list[str], list[str]]:
@@ -164,6 +175,9 @@ def build(cfg: DictConfig, ctx: DataContext) -> Data:
         train_idx, val_idx = split_indices(y.tolist(), cfg.val_fraction, ctx.seed, stratify=False, what=path)
     else:
         class_names, labels = _classes(table[cfg.target])
+        if len(class_names) < 2:
+            raise UserError(f"{path}: the target column {cfg.target!r} holds one class only ({class_names[0]!r}); "
+                            f"classification needs at least two (for numbers to predict, use data.task=regression)")
         y = torch.tensor(labels, dtype=torch.long)
         train_idx, val_idx = split_indices(y.tolist(), cfg.val_fraction, ctx.seed, class_names=class_names, what=path)
     preprocessing = fit_preprocessing(table.iloc[train_idx], features, categorical, path)
@@ -180,4 +194,5 @@ def build(cfg: DictConfig, ctx: DataContext) -> Data:
                 train=tensor_loader(x[train_idx], y[train_idx], cfg, ctx, train=True),
                 val=tensor_loader(x[val_idx], y[val_idx], cfg, ctx, train=False),
                 class_weights=balanced_weights(y[train_idx].tolist(), len(class_names))
-                if class_names and cfg.get("class_weights") == "balanced" else None)
+                if class_names and cfg.get("class_weights") == "balanced" else None,
+                fingerprint=files_fingerprint([Path(path)]))

@@ -1,0 +1,96 @@
+"""A run dir belongs to one run.
+
+While a process trains in a dir it holds a kernel lock on it (`flock`, released by the kernel when
+the process dies, however it dies), so a second `train` or `resume` on the same dir is refused in
+one line naming the first process. Hydra's record of a run (`.hydra/`) is written by the run
+itself, once its command was accepted: a refused command leaves an existing run dir as it was.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from nettrain.errors import UserError
+
+
+class RunDirBusy(UserError):
+    """Another live process trains in this run dir."""
+
+    exit_code = 1
+
+
+_held: dict[str, int] = {}  # run dir -> the descriptor holding its lock
+
+
+def lock(run_dir: Path) -> None:
+    """Take `run_dir` for this process, or raise `RunDirBusy` naming the process that has it."""
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        pid = lock_holder(run_dir)
+        who = f"process {pid} ({_command_line(pid)})" if pid else "another process"
+        raise RunDirBusy(f"{run_dir} is in use by {who}; wait for it to end (or stop it), "
+                         f"or choose another hydra.run.dir") from None
+    _held[str(run_dir)] = fd
+
+
+def unlock(run_dir: Path) -> None:
+    fd = _held.pop(str(run_dir), None)
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor of the open file releases the lock
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid holding a flock on `path`, from /proc/locks (Linux); None where it cannot be told."""
+    try:
+        st = os.stat(path)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if "FLOCK" in fields and inode in fields:
+            pid = fields[fields.index(inode) - 1]
+            return int(pid) if pid.isdigit() else None
+    return None
+
+
+def _command_line(pid: int) -> str:
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    return " ".join(w.decode(errors="replace") for w in words if w)[:200]
+
+
+def record_hydra_config(run_dir: Path, cfg: DictConfig) -> None:
+    """Hydra's record of the run (`.hydra/config.yaml`, `hydra.yaml`, `overrides.yaml`), written as
+    Hydra writes it, once the run was accepted (train.yaml sets hydra.output_subdir=null)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    out = run_dir / ".hydra"
+    out.mkdir(exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg)}), out / "hydra.yaml")
+    OmegaConf.save(hydra_cfg.overrides.task, out / "overrides.yaml")
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Temp files (`.NAME.PID.tmp`) a killed process left mid-write; nothing reads them."""
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
