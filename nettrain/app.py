@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from nettrain.config import absolute, absolute_paths, check_added_keys, check_targets, monitor_mode, register_resolvers, validate
-from nettrain.errors import UserError
+from nettrain.errors import UserError, os_error_line
 
 log = logging.getLogger("nettrain")
 
@@ -65,6 +65,9 @@ def run_hydra_app(task: Callable[[DictConfig], Any], argv: list[str], config_nam
             raise
         print(f"nettrain: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # Hydra could not make the run dir (read-only, a file in the way, full disk)
+        print(f"nettrain: {os_error_line(e)}", file=sys.stderr)
+        return 1
     return _outcome["exit"]
 
 
@@ -180,7 +183,7 @@ def train_task(cfg: DictConfig) -> float:
         started = True
         result = launch(cfg, run_dir, ckpt)
     except (UserError, OSError) as e:
-        message = str(e) if isinstance(e, UserError) else _os_error_line(e)
+        message = str(e) if isinstance(e, UserError) else os_error_line(e)
         code = e.exit_code if isinstance(e, UserError) else 1
         if started or multirun:
             log.error("nettrain: %s", message)  # into the run's train.log too
@@ -224,12 +227,6 @@ def train_task(cfg: DictConfig) -> float:
     return _objective(result, cfg)
 
 
-def _os_error_line(e: OSError) -> str:
-    """A failed write or read (read-only dir, full disk) in one line: what, where, why."""
-    where = f" {e.filename}" if e.filename else ""
-    return f"cannot write or read{where}: {e.strerror or e}"
-
-
 def _set_exit(status: str, signum: int | None = None) -> None:
     code = 128 + signum if status == "interrupted" and signum else EXIT_CODES.get(status, 1)
     _outcome["exit"] = max(_outcome["exit"], code)
@@ -253,6 +250,7 @@ def _worst(cfg: DictConfig) -> float:
 def _resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict[str, Any]]:
     """The checkpoint's own config, changed only by overrides that keep the run the same run."""
     from nettrain.checkpoint import load_checkpoint
+    from nettrain.inference import run_dir_of
 
     ckpt = load_checkpoint(absolute(cfg.resume), prefer="last.pt")
     check_targets(ckpt["config"], cfg, ckpt["path"])  # before anything builds from it
@@ -267,7 +265,9 @@ def _resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict[str
         OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
     saved.resume = str(ckpt["path"])
     validate(saved)
-    if ckpt["progress"]["epoch"] >= saved.trainer.max_epochs and not ckpt["progress"]["batch"]:
+    finished = (read_metrics(run_dir_of(Path(ckpt["path"]))) or {}).get("status") in ("completed", "stopped_early", "diverged")
+    if ckpt["progress"]["epoch"] >= saved.trainer.max_epochs and not ckpt["progress"]["batch"] and finished:
+        # (a run killed after its last epoch's checkpoint, still "running", resumes to close its records)
         raise UserError(f"{ckpt['path']} already finished {ckpt['progress']['epoch']} epochs of "
                         f"trainer.max_epochs={saved.trainer.max_epochs}; pass a larger trainer.max_epochs to train on")
     return saved, ckpt

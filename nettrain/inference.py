@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nettrain.config import absolute
-from nettrain.errors import UserError
+from nettrain.errors import UserError, os_error_line
 
 if TYPE_CHECKING:
     import torch
@@ -68,6 +68,9 @@ def run_command(work: Callable[[list[str]], int], argv: list[str], usage: str) -
     except UserError as e:
         print(f"nettrain: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # an output that cannot be written (read-only, full disk, a file in the way)
+        print(f"nettrain: {os_error_line(e)}", file=sys.stderr)
+        return 1
 
 
 def result_console() -> Any:

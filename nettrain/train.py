@@ -8,7 +8,7 @@ import logging
 import math
 import signal
 import time
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,7 +226,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     samples_per_step = cfg.data.batch_size * rt.world_size
     # What the step reads, as plain values: a DictConfig lookup (~15 us) is a measurable part of a small model's step.
     grad_clip, log_every, ckpt_every = t.grad_clip, t.log_every_n_steps, t.checkpoint_every_n_steps
-    with StopSignal() as stop, epoch_progress(enabled=rt.is_main) as bar:
+    with StopSignal() as stop, epoch_progress(enabled=rt.is_main) as bar, closing(data):
         for epoch in range(progress.epoch, t.max_epochs):
             model.train()
             task = bar.add_task(f"epoch {epoch + 1}/{t.max_epochs}", total=batches_per_epoch, completed=progress.batch,

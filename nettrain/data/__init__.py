@@ -40,6 +40,12 @@ class Data:
     # since the data order it replays is no longer the interrupted run's.
     fingerprint: dict[str, Any] | None = None
 
+    def close(self) -> None:
+        """Stop the loaders' worker processes (a run's end, however it ends)."""
+        for loader in (self.train, self.val, self.test):
+            if loader is not None:
+                loader.close()
+
 
 @dataclass
 class DataContext:

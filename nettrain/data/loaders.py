@@ -10,6 +10,7 @@ interrupted epoch already used.
 
 from __future__ import annotations
 
+import atexit
 import signal
 import weakref
 from collections.abc import Callable, Iterator
@@ -61,6 +62,9 @@ class _Planned:
     def __len__(self) -> int:
         return len(self.plan(0))
 
+    def close(self) -> None:
+        """Release what serving batches holds (worker processes); in-memory data holds nothing."""
+
 
 class TensorLoader(_Planned):
     """In-memory data served by slicing: one permutation per epoch, no __getitem__, no collate."""
@@ -110,12 +114,25 @@ class _PlanSampler:
         return len(self.loader.plan(self.loader.epoch)) - self.loader.start
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Workers leave SIGINT/SIGTERM to the main process. A Ctrl-C or a scheduler's SIGTERM goes to the
-    whole process group: a worker that died of it would fail the step the main process is finishing
-    before it saves; instead the main process stops the workers itself once it has saved."""
+def _leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """A Ctrl-C or a scheduler's SIGTERM reaches every process (the terminal signals the process
+    group; SLURM and systemd signal each process). A worker that died of it would fail the step the
+    main process is finishing before it saves: workers ignore both, and the main process stops them
+    itself (`StreamLoader.close`), gracefully, once it has saved."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+_open: weakref.WeakSet[StreamLoader] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_loaders() -> None:
+    """Workers ignore SIGTERM, so the interpreter's exit (which would terminate and then join them)
+    must stop them gracefully first, whatever way the process ends (a crash's traceback keeps loaders
+    alive). Registered after torch's own exit hook, so it runs before it, while shutdown still works."""
+    for loader in list(_open):
+        loader.close()
 
 
 class StreamLoader(_Planned):
@@ -130,7 +147,15 @@ class StreamLoader(_Planned):
         self.epoch, self.start = 0, 0
         self.loader = DataLoader(dataset, batch_sampler=_PlanSampler(self), num_workers=num_workers,
                                  pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                                 generator=torch.Generator().manual_seed(seed), worker_init_fn=_ignore_stop_signals)
+                                 generator=torch.Generator().manual_seed(seed), worker_init_fn=_leave_stop_signals_to_the_main_process)
+        _open.add(self)
+
+    def close(self) -> None:
+        """Stop the worker processes now (they exit once they see the end-of-work marker)."""
+        iterator = self.loader._iterator  # persistent workers live in the DataLoader's reused iterator
+        if iterator is not None:
+            iterator._shutdown_workers()
+            self.loader._iterator = None
 
     def batches(self, epoch: int, start: int = 0, device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         self.epoch, self.start = epoch, start
