@@ -116,6 +116,8 @@ class Loaded:
 def load_model(ckpt: str | Path, device: str = "cpu") -> Loaded:
     """Build the checkpoint's model on `device` (`auto`, `cpu`, `cuda[:N]`) in eval mode.
     A run dir means its checkpoints/best.pt."""
+    import torch
+
     from nettrain.checkpoint import load_checkpoint
     from nettrain.data.spec import DataSpec
     from nettrain.models import build_model
@@ -135,4 +137,8 @@ def load_model(ckpt: str | Path, device: str = "cpu") -> Loaded:
     except RuntimeError as e:
         raise UserError(f"cannot load the weights of {state['path']} into model={config.model.name}: "
                         f"{str(e).splitlines()[0]}") from None
-    return Loaded(model=model.to(target).eval(), spec=spec, config=config, path=Path(state["path"]), device=target)
+    # The memory format validation ran in: convolution kernels differ by format, and eval must
+    # reproduce the recorded val metrics exactly.
+    channels_last = bool(OmegaConf.select(config, "trainer.channels_last", default=False)) and getattr(model, "convolutional", False)
+    model = model.to(target, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    return Loaded(model=model.eval(), spec=spec, config=config, path=Path(state["path"]), device=target)

@@ -153,6 +153,10 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
         from nettrain.finetune import prepare
 
         prepare(model, cfg.model, spec)
+    if rt.device.type == "cpu" and not t.threads:
+        threads, why = runtime.choose_threads(model, cfg.data.batch_size, rt.world_size)
+        torch.set_num_threads(threads)
+        log.info("CPU threads: %d (%s; set trainer.threads to choose)", threads, why)
     channels_last = rt.channels_last and model.convolutional
     model.to(rt.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     criterion = build_loss(cfg.loss, spec, data.class_weights).to(rt.device)

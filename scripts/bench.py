@@ -54,33 +54,38 @@ class Case:
     name: str
     overrides: list[str]                        # `{root}` is the case's data dir
     epochs: int                                 # measured epochs per round (after one warm-up epoch)
-    make_data: Callable[[Path], Any] | None = None
+    make_data: Callable[[Path, bool], Any] | None = None   # (root, on a GPU: full size)
     gpu_only: bool = False
     ddp: bool = False                           # also measured 1 -> 2 processes
-    extra: list[str] = field(default_factory=list)
+    # On a GPU, real-size epochs (thousands of steps a round, not a few batches): these overrides win.
+    gpu: list[str] = field(default_factory=list)
+    gpu_epochs: int | None = None
 
 
-def cifar10(root: Path) -> None:
-    """CIFAR-10's python batches, generated; torchvision checks its files against the official
-    checksums, which generated ones cannot match (the tests do the same)."""
+def cifar10(root: Path, full: bool) -> None:
+    """CIFAR-10's python batches, generated (50,000 training images on a GPU); torchvision checks its
+    files against the official checksums, which generated ones cannot match (the tests do the same)."""
     import torchvision.datasets.cifar
 
     torchvision.datasets.cifar.check_integrity = lambda *args, **kwargs: True
-    datagen.cifar10_files(root, per_batch=30)
+    datagen.cifar10_files(root, per_batch=10_000 if full else 30)
 
 
 CASES = [
-    Case("mlp_digits", ["model=mlp"], epochs=4, ddp=True),
+    Case("mlp_digits", ["model=mlp"], epochs=4, ddp=True, gpu_epochs=40),
+    Case("mlp_table10k", ["model=mlp", "data=csv", "data.path={root}/machines.csv", "data.target=failure",
+                          "data.drop=[id,wear]"], epochs=2,
+         make_data=lambda root, full: datagen.machines_csv(root / "machines.csv", rows=10_000), gpu_epochs=10),
     Case("cnn_28px", ["model=cnn", "data=mnist", "data.root={root}", "data.augment=none",
                       "trainer.limit_train_batches=8"], epochs=2,
-         make_data=lambda root: datagen.mnist_files(root, train=2400, test=20), ddp=True),
+         make_data=lambda root, full: datagen.mnist_files(root, train=60_000 if full else 2400, test=20), ddp=True,
+         gpu=["trainer.limit_train_batches=null"]),
     Case("resnet18_32px", ["model=resnet18", "data=cifar10", "data.root={root}", "data.augment=none",
                            "data.batch_size=32", "trainer.limit_train_batches=3"], epochs=2,
-         make_data=cifar10),
+         make_data=cifar10, gpu=["data.batch_size=512", "trainer.limit_train_batches=null"]),
     Case("resnet50_224px", ["model=resnet50", "data=imagefolder", "data.root={root}", "data.image_size=224",
-                            "data.cache=true", "data.augment=none", "data.batch_size=128",
-                            "trainer.limit_train_batches=20"], epochs=3,
-         make_data=lambda root: datagen.image_folder(root, per_class=1400, classes=("cat", "dog")), gpu_only=True),
+                            "data.cache=true", "data.augment=none", "data.batch_size=128"], epochs=2,
+         make_data=lambda root, full: datagen.image_folder(root, per_class=2500, classes=("cat", "dog")), gpu_only=True),
 ]
 
 
@@ -118,6 +123,8 @@ def raw_rates(cfg: DictConfig, epochs: int) -> list[float]:
     rt = runtime.setup(cfg.trainer)
     data = build_data(cfg.data, DataContext(seed=cfg.trainer.seed, device=rt.device, resident=rt.device.type == "cuda"))
     model = build_model(cfg.model, data.spec)
+    if rt.device.type == "cpu":
+        torch.set_num_threads(cfg.trainer.threads or runtime.choose_threads(model, cfg.data.batch_size)[0])
     channels_last = rt.channels_last and model.convolutional
     model.to(rt.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = build_optimizer(cfg.optimizer, model)
@@ -243,17 +250,17 @@ def paired_ratio(ours: list[list[float]], theirs: list[list[float]]) -> float:
     return round(statistics.median(median_rate([a]) / median_rate([b]) for a, b in zip(ours, theirs)), 3)
 
 
-def measure_case(case: Case, cfg: DictConfig, rounds: int, ddp: bool, work: Path) -> dict[str, Any]:
+def measure_case(case: Case, cfg: DictConfig, epochs: int, rounds: int, ddp: bool, work: Path) -> dict[str, Any]:
     """{case, nettrain, raw, ratio} in samples/s, with `lightning`, `lightning_ratio` where it is
     installed and `ddp_1`, `ddp_2`, `ddp_scaling` (nettrain with 1 and 2 processes) for DDP cases."""
     ours, raw, peer = [], [], []
     for r in range(rounds):
         # Alternate who goes first, so neither always runs right after the other's checkpoint writes.
-        runs = [lambda: ours.append(nettrain_rates(cfg, 1 + case.epochs, work)),
-                lambda: raw.append(raw_rates(cfg, 1 + case.epochs))]
+        runs = [lambda: ours.append(nettrain_rates(cfg, 1 + epochs, work)),
+                lambda: raw.append(raw_rates(cfg, 1 + epochs))]
         for run in runs if r % 2 == 0 else runs[::-1]:
             run()
-        peer.append(lightning_rates(cfg, 1 + case.epochs))
+        peer.append(lightning_rates(cfg, 1 + epochs))
     result = {"case": case.name, "nettrain": round(median_rate(ours)), "raw": round(median_rate(raw))}
     # Ratios of runs made side by side, then their median: the machine's load drifts (a shared host
     # swings the raw loop's own samples/s by 20 %), and pairing cancels what both runs of a round felt.
@@ -262,10 +269,21 @@ def measure_case(case: Case, cfg: DictConfig, rounds: int, ddp: bool, work: Path
         result["lightning"] = round(median_rate(peer))
         result["lightning_ratio"] = paired_ratio(peer, raw)
     if ddp:
-        result["ddp_1"] = round(median_rate([ddp_rates(cfg, 1, 2 + case.epochs, work)]))
-        result["ddp_2"] = round(median_rate([ddp_rates(cfg, 2, 2 + case.epochs, work)]))
+        result["ddp_1"] = round(median_rate([ddp_rates(cfg, 1, 2 + epochs, work)]))
+        result["ddp_2"] = round(median_rate([ddp_rates(cfg, 2, 2 + epochs, work)]))
         result["ddp_scaling"] = ratio(result["ddp_2"], result["ddp_1"])
     return result
+
+
+def thread_rates(cfg: DictConfig, epochs: int, work: Path) -> dict[str, Any]:
+    """nettrain's samples/s with trainer.threads=null (its own choice), 1 and every core."""
+    cores = runtime.available_cores()
+    out: dict[str, Any] = {}
+    for label, threads in (("threads_auto", None), ("threads_1", 1), (f"threads_{cores}", cores)):
+        tuned = cfg.copy()
+        OmegaConf.update(tuned, "trainer.threads", threads, merge=False)
+        out[label] = round(median_rate([nettrain_rates(tuned, 1 + epochs, work)]))
+    return out
 
 
 def startup_times(repeats: int, work: Path) -> list[dict[str, Any]]:
@@ -295,6 +313,11 @@ def print_table(rows: list[dict[str, Any]], notes: list[str], args: argparse.Nam
         print(f"\ndata-parallel (trainer.devices), samples/s\n{'case':<16} {'1 process':>10} {'2 processes':>12} {'scaling':>8}")
         for r in [r for r in rows if "ddp_scaling" in r]:
             print(f"{r['case']:<16} {r['ddp_1']:>10,} {r['ddp_2']:>12,} {r['ddp_scaling']:>8.2f}")
+    if any("threads_1" in r for r in rows):
+        print("\nCPU threads (trainer.threads), nettrain samples/s")
+        for r in [r for r in rows if "threads_1" in r]:
+            print(f"{r['case']:<16} " + "  ".join(f"{k.removeprefix('threads_')} {v:,}" for k, v in r.items()
+                                                  if k.startswith("threads_")))
     if any("seconds" in r for r in rows):
         print(f"\nwall clock, seconds (median of {args.repeats})")
         for r in [r for r in rows if "seconds" in r]:
@@ -311,6 +334,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each timed command")
     parser.add_argument("--no-ddp", action="store_true", help="skip the 1 -> 2 process scaling")
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up and default-run timings")
+    parser.add_argument("--threads", action="store_true", help="also nettrain's samples/s with threads auto, 1, all (CPU)")
     args = parser.parse_args()
     wanted = args.cases.split(",")
     unknown = set(wanted) - {c.name for c in CASES}
@@ -327,12 +351,15 @@ def main() -> None:
                 continue
             root = work / case.name
             if case.make_data:
-                case.make_data(root)
+                case.make_data(root, cuda)
             # Validation is not what is measured: one batch of it keeps the rounds short.
-            cfg = config([o.format(root=root) for o in case.overrides] + ["trainer.limit_val_batches=1",
-                                                                         "checkpoint.save_top_k=0"])
+            overrides = case.overrides + (case.gpu if cuda else [])
+            cfg = config([o.format(root=root) for o in overrides] + ["trainer.limit_val_batches=1", "checkpoint.save_top_k=0"])
+            epochs = (case.gpu_epochs or case.epochs) if cuda else case.epochs
             # DDP scaling on the CPU's processes; GPUs need a multi-GPU machine (see README, torchrun).
-            rows.append(measure_case(case, cfg, args.rounds, case.ddp and not args.no_ddp and not cuda, work))
+            rows.append(measure_case(case, cfg, epochs, args.rounds, case.ddp and not args.no_ddp and not cuda, work))
+            if args.threads and not cuda:
+                rows[-1] |= thread_rates(cfg, epochs, work)
             if "lightning" not in rows[-1]:
                 notes.append("lightning: not installed (pip install lightning), not measured")
         if not args.no_startup:
