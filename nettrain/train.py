@@ -25,6 +25,7 @@ from nettrain.losses import build_loss
 from nettrain.metrics import RunningTotals, evaluate, summarize
 from nettrain.models import build_model
 from nettrain.optim import build_optimizer, build_scheduler
+from nettrain.overfit import memorizing
 from nettrain.rundir import remove_stale_temp_files
 from nettrain.tracking import RunLog
 
@@ -369,8 +370,9 @@ def _log_epoch(runlog: RunLog, record: dict[str, Any], train: dict[str, float], 
     runlog.record.update(history=history, epochs=record["epoch"], best_epoch=progress.best_epoch,
                          best={k: v for k, v in best_record.items() if k.startswith("val_") or k == monitor.key})
     log.info(_epoch_line(record, cfg.trainer.max_epochs, improved))
-    warning = _overfit_warning(history, cfg.early_stopping.overfit_patience, progress)
+    warning = None if progress.overfit_warned else memorizing(history, cfg.early_stopping.overfit_patience)
     if warning:
+        progress.overfit_warned = True
         log.warning(warning)
         runlog.text("warnings", warning, progress.step)
 
@@ -385,21 +387,6 @@ def _epoch_line(r: dict[str, Any], max_epochs: int, improved: bool) -> str:
                 parts.append(f"{k[:3] if k == 'accuracy' else k} {value:.2%}" if k == "accuracy" else f"{k} {value:.4f}")
     parts += [f"lr {r['lr']:.2e}", f"{r['seconds']:.1f}s"]
     return "  ".join(parts) + ("  *" if improved else "")
-
-
-def _overfit_warning(history: list[dict[str, Any]], patience: int, progress: Progress) -> str | None:
-    """Val loss rising for `patience` epochs while train loss keeps falling: memorizing."""
-    if progress.overfit_warned or len(history) <= patience:
-        return None
-    recent = history[-patience - 1:]
-    val_rising = all(b["val_loss"] > a["val_loss"] for a, b in zip(recent, recent[1:]))
-    train_falling = all(b["train_loss"] < a["train_loss"] for a, b in zip(recent, recent[1:]))
-    if not (val_rising and train_falling):
-        return None
-    progress.overfit_warned = True
-    return (f"overfitting: val loss has risen for {patience} epochs while train loss kept falling; the model has "
-            f"started memorizing the training set (best val loss at epoch {progress.best_epoch}). Consider early "
-            f"stopping (early_stopping.patience), more dropout (model.dropout) or more data.")
 
 
 def _save_epoch(state: dict[str, Any], ckpt_dir: Path, progress: Progress, monitor: Monitor, top_k: int,
