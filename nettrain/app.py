@@ -153,7 +153,8 @@ def train_task(cfg: DictConfig) -> float:
     composed = copy.deepcopy(cfg)  # as Hydra composed it, for .hydra/config.yaml
     previous, started = None, False
     try:
-        rundir.lock(run_dir)  # before reading anything: a second process on this dir stops here
+        if _single_entry():
+            rundir.lock(run_dir)  # before reading anything: a second process on this dir stops here
         previous = read_metrics(run_dir)
         validate(cfg)
         check_added_keys(cfg, overrides)
@@ -271,6 +272,15 @@ def _resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict[str
         raise UserError(f"{ckpt['path']} already finished {ckpt['progress']['epoch']} epochs of "
                         f"trainer.max_epochs={saved.trainer.max_epochs}; pass a larger trainer.max_epochs to train on")
     return saved, ckpt
+
+
+def _single_entry() -> bool:
+    """Whether this process alone runs the job's Hydra app: not so for a multi-node SLURM step, whose
+    task on every node composes the same job into the same (shared) run dir, all of them joining one
+    data-parallel job; the scheduler, not a lock, keeps another job out of it."""
+    from nettrain.launch import cluster
+
+    return cluster(os.environ)[0] == 1
 
 
 def _same(given: Any, saved: Any) -> bool:
