@@ -58,7 +58,9 @@ def tensor_loader(x: torch.Tensor, y: torch.Tensor, cfg: DictConfig, ctx: DataCo
 
 
 def build_data(cfg: DictConfig, ctx: DataContext) -> Data:
-    """The loaders and spec for `cfg` (the `data` config group)."""
+    """The loaders and spec for `cfg` (the `data` config group; a `_target_` is the user's own dataset)."""
+    if "_target_" in cfg:
+        return importlib.import_module("nettrain.data.custom").build(cfg, ctx)
     if cfg.name not in BUILDERS:
         raise invalid("data.name", cfg.name, "allowed: " + ", ".join(BUILDERS))
     return importlib.import_module(BUILDERS[cfg.name]).build(cfg, ctx)
