@@ -60,8 +60,8 @@ def init_from(model: nn.Module, cfg: DictConfig, spec: DataSpec) -> None:
     ckpt = load_checkpoint(absolute(path))
     source, source_spec = ckpt["config"]["model"], ckpt["spec"]
     if describe(source) != describe(cfg):
-        raise invalid("model.init_from", path, f"it holds the model {describe(source)}, this run builds "
-                                               f"{describe(cfg)}; train the same model")
+        raise invalid("model.init_from", path, f"it holds a model={describe(source)}, this run builds "
+                                               f"model={describe(cfg)}; train the same model")
     state: dict[str, Tensor] = ckpt["model"]
     same_head = (source_spec["task"] == spec.task and source_spec["class_names"] == spec.class_names
                  and source_spec["num_classes"] == spec.num_classes)
