@@ -43,7 +43,11 @@ def run_hydra_app(task: Callable[[DictConfig], Any], argv: list[str], config_nam
     from omegaconf.errors import OmegaConfBaseException
 
     register_resolvers()
-    argv = _with_resume_dir(argv)
+    try:
+        argv = _with_resume_dir(argv)
+    except UserError as e:
+        print(f"nettrain: {e}", file=sys.stderr)
+        return 2
     # Composition errors reach us as exceptions, so they can be reported in one line with exit 2.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv = ["nettrain", *argv]
@@ -101,8 +105,14 @@ def _missing_config_line(e: Any) -> str:
 
 
 def _with_resume_dir(argv: list[str]) -> list[str]:
-    """`resume=PATH` continues in that run's own dir, and leaves its saved Hydra config untouched."""
+    """`resume=PATH` continues in that run's own dir, and leaves its saved Hydra config untouched.
+    `resume=last` (or `latest`) is the newest resumable run under outputs/."""
     resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
+    if resume in ("last", "latest"):
+        from nettrain.runs import latest_resumable
+
+        resume = str(latest_resumable(Path("outputs")))
+        argv = [f"resume={resume}" if a.startswith("resume=") else a for a in argv]
     if not resume or "-m" in argv or "--multirun" in argv or any(a.startswith("hydra.run.dir=") for a in argv):
         return argv
     path = Path(absolute(resume))
@@ -254,11 +264,17 @@ def _resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict[str
     from nettrain.inference import run_dir_of
 
     ckpt = load_checkpoint(absolute(cfg.resume), prefer="last.pt")
-    check_targets(ckpt["config"], cfg, ckpt["path"])  # before anything builds from it
+    # The user's own model, data or loss code is imported only when this command names it too;
+    # any other `_target_` must be one nettrain ships or this command's config names.
+    from nettrain.targets import GROUPS, confirm
+
+    confirm(ckpt["config"], cfg, GROUPS, ckpt["path"], "give its config again (--config-dir DIR model=NAME, or +{key}={target})")
+    check_targets(ckpt["config"], cfg, ckpt["path"])
     saved = OmegaConf.create(ckpt["config"])
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        if key == "resume" or key.startswith("hydra.") or _same(OmegaConf.select(cfg, key), OmegaConf.select(saved, key)):
+        if (key == "resume" or key.startswith("hydra.") or _names_a_target(key, ckpt["config"])
+                or _same(OmegaConf.select(cfg, key), OmegaConf.select(saved, key))):
             continue
         if key not in RESUMABLE_KEYS:
             raise UserError(f"cannot change {key} when resuming: it would change the run being continued "
@@ -290,6 +306,14 @@ def _same(given: Any, saved: Any) -> bool:
         return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
     return given is not None and plain(given) == plain(saved)
+
+
+def _names_a_target(key: str, saved: dict[str, Any]) -> bool:
+    """An override that only names the user's code again (`model=mine`, `+model._target_=...`) for a
+    run that was trained with it: `confirm` has checked it names the same `_target_`; the run goes on
+    with its own config."""
+    group = key.split(".", 1)[0]
+    return (key == group or key == f"{group}._target_") and "_target_" in (saved.get(group) or {})
 
 
 def _record_failure(run_dir: Path, error: str, status: str = "failed", **fields: Any) -> None:

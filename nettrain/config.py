@@ -272,7 +272,10 @@ def validate(cfg: DictConfig) -> None:
         if isinstance(value, str) and not Path(absolute(value)).exists():
             raise invalid(key, value, f"no such file or directory (expected {what})")
     pretrained = OmegaConf.select(cfg, "model.pretrained", default=None)
-    if pretrained not in (None, "imagenet") and not Path(absolute(pretrained)).is_file():
+    if OmegaConf.select(cfg, "model.name", default=None) == "timm":
+        if pretrained not in (None, True, False):
+            raise invalid("model.pretrained", pretrained, "allowed with model=timm: true (timm's weights), false")
+    elif pretrained not in (None, "imagenet") and not Path(absolute(pretrained)).is_file():
         raise invalid("model.pretrained", pretrained, "allowed: null, imagenet, or the path of a state-dict file")
 
 

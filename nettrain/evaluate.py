@@ -28,11 +28,15 @@ log = logging.getLogger("nettrain")
 
 USAGE = """
 usage: nettrain eval ckpt=PATH [split=val|test] [output=DIR] [device=auto|cpu|cuda] [data.KEY=VALUE ...]
+                     [model._target_=IMPORT.PATH] [loss._target_=IMPORT.PATH]
 
 Evaluate a checkpoint (a .pt file, or a run dir for its checkpoints/best.pt) on the val split
 (default) or the test split of its data: loss, accuracy, per-class precision / recall / F1 and the
 confusion matrix (regression: loss, RMSE, MAE, R2). The data is rebuilt from the checkpoint's
 config; data.KEY=VALUE changes it, e.g. data.root=DIR to evaluate on other files.
+A checkpoint of your own model, data or loss (a _target_) is rebuilt only when you name the
+same model._target_, data._target_ or loss._target_ here: code named by a checkpoint is never
+imported on its own.
 
 Writes metrics.json, confusion_matrix.png and a TensorBoard image to output
 (default: RUN_DIR/eval/SPLIT).
@@ -58,17 +62,22 @@ class Evaluation:
 
 
 def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: dict[str, Any] | None = None,
-                        device: str = "auto") -> Evaluation:
-    """Metrics of the checkpoint's model on `split` of its data (changed by `data_overrides`)."""
+                        device: str = "auto", confirmed: dict[str, Any] | None = None) -> Evaluation:
+    """Metrics of the checkpoint's model on `split` of its data (changed by `data_overrides`).
+    `confirmed`: the `model`, `loss` (and `data`, from `data_overrides`) `_target_`s the user names."""
     from nettrain.config import validate
     from nettrain.data import DataContext, build_data
+    from nettrain.inference import CONFIRM_HOW
     from nettrain.losses import build_loss
     from nettrain.metrics import evaluate
     from nettrain.runtime import Runtime, resolve_precision
+    from nettrain.targets import confirm
 
     one_of("split", split, SPLITS)
-    loaded = load_model(ckpt, device)
+    confirmed = {**(confirmed or {}), "data": data_overrides or {}}
+    loaded = load_model(ckpt, device, confirmed)
     cfg = loaded.config
+    confirm(OmegaConf.to_container(cfg), confirmed, ("data", "loss"), str(loaded.path), CONFIRM_HOW)
     if data_overrides:
         for key in data_overrides:
             if key not in cfg.data:
@@ -199,9 +208,10 @@ def print_report(result: Evaluation) -> None:
 
 
 def _eval(argv: list[str]) -> int:
-    args = parse_args(argv, DEFAULTS, required=("ckpt",), paths=("ckpt", "output"), prefixes=("data.",))
+    args = parse_args(argv, DEFAULTS, required=("ckpt",), paths=("ckpt", "output"), prefixes=("data.", "model.", "loss."))
     split = one_of("split", args["split"], SPLITS)
-    result = evaluate_checkpoint(args["ckpt"], split, args.get("data"), args["device"])
+    result = evaluate_checkpoint(args["ckpt"], split, args.get("data"), args["device"],
+                                 {"model": args.get("model"), "loss": args.get("loss")})
     output = Path(absolute(args["output"])) if args["output"] else result.run_dir / "eval" / split
     print_report(result)
     write_report(result, output)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("nettrain")
 
 USAGE = """
-usage: nettrain export ckpt=PATH [format=onnx|torchscript] [output=FILE|DIR]
+usage: nettrain export ckpt=PATH [format=onnx|torchscript] [output=FILE|DIR] [model._target_=IMPORT.PATH]
 
 Export a checkpoint (a .pt file, or a run dir for its checkpoints/best.pt) with a dynamic batch
 size. The export is checked against the PyTorch model on sample inputs (max abs diff reported,
@@ -35,6 +35,8 @@ what a program needs to use it: input shape, preprocessing (image size, channels
 the tabular statistics), class names, and the input/output names.
 
 Default output: RUN_DIR/export/CKPT_NAME.onnx (or .torchscript.pt).
+A checkpoint of your own model (model._target_) is rebuilt only when you name the same
+model._target_ here: code named by a checkpoint is never imported on its own.
 
 examples:
   nettrain export ckpt=outputs/2025-01-31/12-00-00 format=onnx
@@ -54,13 +56,14 @@ class ExportCheckError(UserError):
     exit_code = 1
 
 
-def export_checkpoint(ckpt: str | Path, fmt: str = "onnx",
-                      output: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
-    """Export, check and write the model and its JSON; returns the model's path and what the JSON holds."""
+def export_checkpoint(ckpt: str | Path, fmt: str = "onnx", output: str | Path | None = None,
+                      confirmed: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Export, check and write the model and its JSON; returns the model's path and what the JSON holds.
+    `confirmed`: the `model._target_` the user names (see `load_model`)."""
     import torch
 
     one_of("format", fmt, tuple(FORMATS))
-    loaded = load_model(ckpt, "cpu")
+    loaded = load_model(ckpt, "cpu", confirmed)
     target = _output_path(loaded, fmt, output)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -153,9 +156,11 @@ def max_abs_diff(model: torch.nn.Module, run: Any, inputs: list[torch.Tensor]) -
 
 def describe(loaded: Loaded, fmt: str, target: Path, diff: float) -> dict[str, Any]:
     """The JSON beside the model: everything needed to feed it and read its outputs."""
+    from nettrain.models import describe
+
     spec = loaded.spec
     return {
-        "format": fmt, "model_file": target.name, "checkpoint": str(loaded.path), "model": loaded.config.model.name,
+        "format": fmt, "model_file": target.name, "checkpoint": str(loaded.path), "model": describe(loaded.config.model),
         "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "input_shape": ["batch", *spec.input_shape],
         "dtype": "float32", "task": spec.task, "class_names": spec.class_names,
         "outputs": ("one value per sample" if spec.task == "regression"
@@ -170,8 +175,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def _export(argv: list[str]) -> int:
-    args = parse_args(argv, DEFAULTS, required=("ckpt",), paths=("ckpt", "output"))
-    target, info = export_checkpoint(args["ckpt"], args["format"], args["output"])
+    args = parse_args(argv, DEFAULTS, required=("ckpt",), paths=("ckpt", "output"), prefixes=("model.",))
+    target, info = export_checkpoint(args["ckpt"], args["format"], args["output"], {"model": args.get("model")})
     log.info("checked against PyTorch at batch sizes %s: max abs diff %.3g (tolerance %g)",
              ", ".join(map(str, CHECK_BATCH_SIZES)), info["max_abs_diff"], TOLERANCE)
     log.info("preprocessing and class names: %s", target.with_suffix(".json"))

@@ -6,6 +6,7 @@ is built):
 - `model.pretrained=PATH|imagenet`: a torchvision-format state dict for a ResNet backbone, from a
   file or torchvision's ImageNet weights (torch hub cache, downloaded when online). The stem is
   adapted to the data: summed over input channels for grayscale, resized for the small-image stem.
+  For `model=timm`, `model.pretrained=true`: timm's weights for the architecture.
 - `model.freeze=backbone`: only the head trains; the backbone is a fixed feature extractor.
 """
 
@@ -24,18 +25,25 @@ from nettrain.checkpoint import load_checkpoint
 from nettrain.config import absolute
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError, invalid
-from nettrain.models import Net
+from nettrain.models import Net, describe
 
 log = logging.getLogger("nettrain")
 
 
-def prepare(model: Net, cfg: DictConfig, spec: DataSpec) -> None:
+def prepare(model: nn.Module, cfg: DictConfig, spec: DataSpec) -> None:
     """Apply `cfg.init_from`, `cfg.pretrained` and `cfg.freeze` (the model config) to `model`."""
     if cfg.get("init_from") and cfg.get("pretrained"):
         raise UserError("give model.init_from (a nettrain checkpoint) or model.pretrained (backbone weights), not both")
+    if cfg.get("freeze") == "backbone" and not hasattr(model, "backbone"):
+        raise invalid("model.freeze", "backbone", f"model {describe(cfg)} has no backbone/head split (give it `backbone` "
+                                                  f"and `head` submodules to freeze one); allowed: null")
     if cfg.get("init_from"):
         init_from(model, cfg, spec)
-    if cfg.get("pretrained"):
+    if cfg.get("pretrained") and cfg.get("name") == "timm":
+        from nettrain.models import zoo
+
+        zoo.load_pretrained(model, cfg, spec)
+    elif cfg.get("pretrained"):
         load_pretrained(model, cfg)
     if cfg.get("freeze") == "backbone":
         if not (cfg.get("init_from") or cfg.get("pretrained")):
@@ -44,22 +52,26 @@ def prepare(model: Net, cfg: DictConfig, spec: DataSpec) -> None:
         freeze_backbone(model)
 
 
-def init_from(model: Net, cfg: DictConfig, spec: DataSpec) -> None:
+def init_from(model: nn.Module, cfg: DictConfig, spec: DataSpec) -> None:
     """Load the weights of the nettrain checkpoint `cfg.init_from`; its head only when it predicts
-    the same classes."""
+    the same classes. Only its weights are read: its config is compared, never built (so a `_target_`
+    it names is never imported)."""
     path = str(cfg.init_from)
     ckpt = load_checkpoint(absolute(path))
     source, source_spec = ckpt["config"]["model"], ckpt["spec"]
-    if source["name"] != cfg.name:
-        raise invalid("model.init_from", path, f"it holds a model={source['name']}, this run builds "
-                                               f"model={cfg.name}; train with model={source['name']}")
+    if describe(source) != describe(cfg):
+        raise invalid("model.init_from", path, f"it holds a model={describe(source)}, this run builds "
+                                               f"model={describe(cfg)}; train the same model")
     state: dict[str, Tensor] = ckpt["model"]
     same_head = (source_spec["task"] == spec.task and source_spec["class_names"] == spec.class_names
                  and source_spec["num_classes"] == spec.num_classes)
+    if not same_head and not hasattr(model, "head"):
+        raise invalid("model.init_from", path, f"it predicts {_classes(source_spec)}, this data {_classes(spec.to_dict())}, "
+                                               f"and model {describe(cfg)} has no head to re-initialize (no backbone/head split)")
     if not same_head:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    _load(model, state, strict_prefixes=("backbone.", "head.") if same_head else ("backbone.",),
-          what=f"model.init_from={path} ({source['name']} from {ckpt['path']})")
+    _load(model, state, strict_prefixes=("",) if same_head else ("backbone.",),
+          what=f"model.init_from={path} ({describe(source)} from {ckpt['path']})")
     epoch = ckpt.get("progress", {}).get("epoch")
     log.info("initialized from %s (epoch %s)%s", ckpt["path"], epoch,
              "" if same_head else f"; head re-initialized: {_classes(source_spec)} -> {_classes(spec.to_dict())}")
@@ -80,7 +92,7 @@ def load_pretrained(model: Net, cfg: DictConfig) -> None:
     value = str(cfg.pretrained)
     if not isinstance(model.backbone, ResNet):
         raise invalid("model.pretrained", value, f"needs a torchvision ResNet (model=resnet18, resnet34 or "
-                                                 f"resnet50), not model={cfg.name}")
+                                                 f"resnet50) or model=timm, not {describe(cfg)}")
     state = imagenet_state_dict(cfg.name) if value == "imagenet" else read_state_dict(value)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     if "conv1.weight" in state:

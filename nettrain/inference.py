@@ -113,15 +113,21 @@ class Loaded:
         return run_dir_of(self.path)
 
 
-def load_model(ckpt: str | Path, device: str = "cpu") -> Loaded:
+# How eval, predict and export name a `_target_` they may import (see nettrain.targets.confirm).
+CONFIRM_HOW = "add {key}={target} to this command"
+
+
+def load_model(ckpt: str | Path, device: str = "cpu", confirmed: dict[str, Any] | None = None) -> Loaded:
     """Build the checkpoint's model on `device` (`auto`, `cpu`, `cuda[:N]`) in eval mode.
-    A run dir means its checkpoints/best.pt."""
+    A run dir means its checkpoints/best.pt. A model `_target_` the checkpoint names is imported
+    only when `confirmed` (the command's own `model.` arguments) names the same one."""
     import torch
 
     from nettrain.checkpoint import load_checkpoint
     from nettrain.data.spec import DataSpec
-    from nettrain.models import build_model
+    from nettrain.models import build_model, describe
     from nettrain.runtime import configure_cuda, cuda_device, resolve_device
+    from nettrain.targets import confirm
 
     one_of("device", str(device).split(":")[0], ("auto", "cpu", "cuda"))
     target = resolve_device(str(device))
@@ -129,13 +135,17 @@ def load_model(ckpt: str | Path, device: str = "cpu") -> Loaded:
         target = cuda_device(target, None)
         configure_cuda()  # the kernels training validated with
     state = load_checkpoint(absolute(str(ckpt)))
+    confirm(state["config"], confirmed, ("model",), state["path"], CONFIRM_HOW)
     spec = DataSpec.from_dict(state["spec"])
     config = OmegaConf.create(state["config"])
-    model = build_model(config.model, spec)
+    try:
+        model = build_model(config.model, spec)
+    except UserError as e:
+        raise UserError(f"cannot rebuild the model of {state['path']}: {e}") from None
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise UserError(f"cannot load the weights of {state['path']} into model={config.model.name}: "
+        raise UserError(f"cannot load the weights of {state['path']} into {describe(config.model)}: "
                         f"{str(e).splitlines()[0]}") from None
     # The memory format validation ran in: convolution kernels differ by format, and eval must
     # reproduce the recorded val metrics exactly.

@@ -1,14 +1,17 @@
-"""Loss registry (`loss.name`). Every loss takes the model's outputs and the loader's targets."""
+"""Loss registry (`loss.name`), or any torch.nn loss or your own via `loss._target_`. Every loss takes the
+model's outputs and the loader's targets."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from nettrain.data.spec import DataSpec
-from nettrain.errors import invalid
+from nettrain.errors import UserError, invalid
 
 
 class SoftmaxMSE(nn.Module):
@@ -38,9 +41,41 @@ class OneHotBCE(nn.Module):
         return F.binary_cross_entropy_with_logits(outputs, targets.to(outputs.dtype), pos_weight=self.pos_weight)
 
 
+class TargetLoss(nn.Module):
+    """A loss from `loss._target_`: any torch.nn loss, or the user's class or function
+    `(outputs, targets) -> scalar tensor`."""
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], target: str) -> None:
+        super().__init__()
+        self.fn, self.target = fn, target
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        loss = self.fn(outputs, targets)
+        if not isinstance(loss, Tensor) or loss.dim() != 0:
+            raise UserError(f"loss._target_={self.target} must return a scalar tensor (one loss for the batch), "
+                            f"got {tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__}")
+        return loss
+
+
+def target_loss(cfg: DictConfig, spec: DataSpec, weight: Tensor | None) -> TargetLoss:
+    """`cfg._target_`: a class is instantiated (with `num_classes` and the class `weight` where it
+    takes them), a function is the loss itself, called with the config's other keys."""
+    import inspect
+
+    from nettrain.targets import instantiate, locate
+
+    node = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "name"}
+    if not inspect.isclass(locate("loss._target_", node["_target_"])):
+        node["_partial_"] = True
+    available = {"num_classes": spec.num_classes} | ({"weight": weight} if weight is not None else {})
+    return TargetLoss(instantiate("loss", node, available), node["_target_"])
+
+
 def build_loss(cfg: DictConfig, spec: DataSpec, class_weights: list[float] | None = None) -> nn.Module:
-    """The criterion for `cfg.name`, weighted per class when the data asks for it."""
+    """The criterion for `cfg.name` (or the `_target_`), weighted per class when the data asks for it."""
     weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+    if "_target_" in cfg:
+        return target_loss(cfg, spec, weight)
     if spec.task == "regression":
         if cfg.name != "mse":
             raise invalid("loss", cfg.name, "regression targets need loss=mse")

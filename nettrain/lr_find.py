@@ -56,11 +56,12 @@ def range_test(cfg: DictConfig) -> Curve:
     from nettrain import runtime
     from nettrain.data import DataContext, build_data
     from nettrain.losses import build_loss
-    from nettrain.models import build_model
+    from nettrain.models import before_data, build_model
     from nettrain.optim import build_optimizer
 
     lf = cfg.lr_find
     rt = runtime.setup(cfg.trainer)
+    before_data(cfg)
     data = build_data(cfg.data, DataContext(seed=cfg.trainer.seed, device=rt.device))
     model = build_model(cfg.model, data.spec)
     if cfg.model.get("init_from") or cfg.model.get("pretrained") or cfg.model.get("freeze"):
@@ -170,7 +171,9 @@ def lr_find_task(cfg: DictConfig) -> None:
             log.warning("the loss only rose: lr_find.min_lr=%g is probably already too high", cfg.lr_find.min_lr)
         else:
             log.warning("the loss did not fall up to lr_find.max_lr=%g: try a larger one", cfg.lr_find.max_lr)
-    png = write_outputs(curve, run_dir, f"lr range test: model={cfg.model.name} optimizer.lr sweep")
+    from nettrain.models import describe
+
+    png = write_outputs(curve, run_dir, f"lr range test: model {describe(cfg.model)}, optimizer.lr sweep")
     train_overrides = [o for o in overrides if not o.startswith(("lr_find.", "optimizer.lr="))]
     log.info("%d steps, %s", len(curve.lrs), curve.stop)
     print(f"suggested lr: {curve.suggested_lr:.2e}  (a tenth of {curve.lrs[curve.best_index]:.2e}, "

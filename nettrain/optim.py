@@ -22,8 +22,11 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     factor = options.pop("backbone_lr_factor", None)
     make = instantiate(options)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if factor is None or not hasattr(model, "backbone"):
+    if factor is None:
         return make(trainable)
+    if not hasattr(model, "backbone"):
+        raise invalid("optimizer.backbone_lr_factor", factor, "this model has no backbone/head split (your own model "
+                                                              "needs `backbone` and `head` submodules); remove it")
     backbone = {id(p) for p in model.backbone.parameters()}
     groups = [{"params": [p for p in trainable if id(p) not in backbone]},
               {"params": [p for p in trainable if id(p) in backbone], "lr": options["lr"] * factor}]

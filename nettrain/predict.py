@@ -29,7 +29,7 @@ log = logging.getLogger("nettrain")
 
 USAGE = """
 usage: nettrain predict ckpt=PATH input=FILE|DIR|CSV [top_k=N] [format=table|json|csv]
-                        [batch_size=64] [device=auto|cpu|cuda]
+                        [batch_size=64] [device=auto|cpu|cuda] [model._target_=IMPORT.PATH]
 
 Predict the class of each input with its probabilities, using only what the checkpoint stores
 (class names, image size, normalization, tabular statistics). ckpt is a .pt file, or a run dir
@@ -41,6 +41,8 @@ the header being line 1). Unreadable inputs are reported on stderr and skipped.
   format=table  a table on stdout (default); json: a list of {"input", "prediction",
                 "probabilities": {class: p}}; csv: input, prediction, one column per class.
                 Only the results go to stdout; logs and errors go to stderr.
+  model._target_=IMPORT.PATH   a checkpoint of your own model is rebuilt only when you name
+                its model._target_ here: code named by a checkpoint is never imported on its own.
 
 examples:
   nettrain predict ckpt=outputs/2025-01-31/12-00-00 input=photo.jpg
@@ -69,9 +71,11 @@ class Results:
     class_names: list[str]
 
 
-def predict(ckpt: str | Path, source: str | Path, *, batch_size: int = 64, device: str = "auto") -> Results:
-    """Predictions for every readable input under `source` (a file, a folder, or a CSV of rows)."""
-    loaded = load_model(ckpt, device)
+def predict(ckpt: str | Path, source: str | Path, *, batch_size: int = 64, device: str = "auto",
+            confirmed: dict[str, Any] | None = None) -> Results:
+    """Predictions for every readable input under `source` (a file, a folder, or a CSV of rows).
+    `confirmed`: the `model._target_` the user names (see `load_model`)."""
+    loaded = load_model(ckpt, device, confirmed)
     path = Path(absolute(str(source)))
     if not path.exists():
         raise invalid("input", str(source), "no such file or directory")
@@ -146,6 +150,10 @@ def _inputs(loaded: Loaded, path: Path, given: str) -> tuple[list[tuple[str, Any
         # Rows are named FILE:LINE (the header is line 1), as the encoder's errors name them.
         return [(f"{given}:{i + 2}", i) for i in range(len(table))], \
             lambda raws: encode_rows(table.iloc[raws], preprocessing)
+    if "_target_" in loaded.config.data:
+        raise UserError(f"{loaded.path} was trained on data._target_={loaded.config.data._target_}, whose config states no "
+                        f"data.preprocessing: predict cannot turn files into its inputs (state it as {{kind: image, "
+                        f"image_size, channels, mean, std}} in the data config for the next run, or call the model from Python)")
     raise UserError(f"{loaded.path} records no preprocessing (kind={kind!r}): cannot turn files into inputs for it")
 
 
@@ -227,7 +235,7 @@ def report_failures(failures: list[tuple[str, str]], total: int) -> None:
 
 
 def _predict(argv: list[str]) -> int:
-    args = parse_args(argv, DEFAULTS, required=("ckpt", "input"), paths=("ckpt", "input"))
+    args = parse_args(argv, DEFAULTS, required=("ckpt", "input"), paths=("ckpt", "input"), prefixes=("model.",))
     one_of("format", args["format"], FORMATS)
     for key in ("top_k", "batch_size"):
         value = args[key]
@@ -235,7 +243,8 @@ def _predict(argv: list[str]) -> int:
             continue
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise invalid(key, value, "must be an integer >= 1")
-    results = predict(args["ckpt"], args["input"], batch_size=args["batch_size"], device=args["device"])
+    results = predict(args["ckpt"], args["input"], batch_size=args["batch_size"], device=args["device"],
+                      confirmed={"model": args.get("model")})
     total = len(results.predictions) + len(results.failures)
     report_failures(results.failures, total)
     if args["format"] == "json":

@@ -169,3 +169,12 @@ def main(argv: list[str]) -> int:
     from nettrain.inference import run_command
 
     return run_command(_runs, argv, USAGE)
+
+
+def latest_resumable(root: Path) -> Path:
+    """The run under `root` whose `checkpoints/last.pt` was written last (`resume=last`): the run just
+    stopped or killed, or just finished (resumed with a larger trainer.max_epochs, it trains on)."""
+    runs = [(last.stat().st_mtime, last.parent.parent) for last in root.rglob("checkpoints/last.pt")] if root.is_dir() else []
+    if not runs:
+        raise UserError(f"resume=last: no run with a checkpoint under {absolute(str(root))}; give resume=RUN_DIR")
+    return max(runs)[1]

@@ -23,7 +23,7 @@ from nettrain.data import DataContext, build_data
 from nettrain.logs import console, epoch_progress
 from nettrain.losses import build_loss
 from nettrain.metrics import RunningTotals, evaluate, summarize
-from nettrain.models import build_model
+from nettrain.models import before_data, build_model
 from nettrain.optim import build_optimizer, build_scheduler
 from nettrain.overfit import memorizing
 from nettrain.rundir import remove_stale_temp_files
@@ -143,6 +143,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     (status, best, history) with the best weights loaded into `result["model"]`."""
     t = cfg.trainer
     rt = runtime.setup(t)
+    before_data(cfg)  # the model's checks and downloads (and its say on the data's preprocessing) fail fast
     resident = cfg.data.get("device_resident", "auto")
     data = build_data(cfg.data, DataContext(
         seed=t.seed, device=rt.device, rank=rt.rank, world_size=rt.world_size,

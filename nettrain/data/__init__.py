@@ -84,7 +84,9 @@ def files_fingerprint(paths: list[Path], root: Path | None = None) -> dict[str, 
 
 
 def build_data(cfg: DictConfig, ctx: DataContext) -> Data:
-    """The loaders and spec for `cfg` (the `data` config group)."""
+    """The loaders and spec for `cfg` (the `data` config group; a `_target_` is the user's own dataset)."""
+    if "_target_" in cfg:
+        return importlib.import_module("nettrain.data.custom").build(cfg, ctx)
     if cfg.name not in BUILDERS:
         raise invalid("data.name", cfg.name, "allowed: " + ", ".join(BUILDERS))
     return importlib.import_module(BUILDERS[cfg.name]).build(cfg, ctx)

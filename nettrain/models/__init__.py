@@ -1,8 +1,9 @@
-"""Model registry: every model is a `Net` of a backbone and a head, built from the data's spec.
+"""Model registry: every model is built from the data's spec.
 
 Shapes (channels, image size, classes, features) come from the `DataSpec`, never from the config.
-The backbone/head split is what fine-tuning uses: `model.freeze=backbone` trains only the head,
-and a checkpoint with a different number of classes re-initializes only the head.
+nettrain's models are a `Net` of a backbone and a head; that split is what fine-tuning uses:
+`model.freeze=backbone` trains only the head, and a checkpoint with a different number of classes
+re-initializes only the head. A model config with a `_target_` is the user's own (`custom`).
 To add a model, write a function `(cfg, spec) -> Net` in a module here and name it in `MODELS`.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib
 
 from omegaconf import DictConfig
+from torch import nn
 
 from nettrain.data.spec import DataSpec
 from nettrain.errors import invalid
@@ -23,15 +25,47 @@ MODELS: dict[str, str] = {
     "resnet18": "nettrain.models.vision:resnet18",
     "resnet34": "nettrain.models.vision:resnet34",
     "resnet50": "nettrain.models.vision:resnet50",
+    "inception_v3": "nettrain.models.vision:inception_v3",
+    "googlenet": "nettrain.models.vision:googlenet",
+    "timm": "nettrain.models.zoo:timm_model",
 }
 
 
-def build_model(cfg: DictConfig, spec: DataSpec) -> Net:
-    """The network named by `cfg.name`, shaped for `spec`."""
-    if cfg.name not in MODELS:
-        raise invalid("model.name", cfg.name, "allowed: " + ", ".join(MODELS))
+def build_model(cfg: DictConfig, spec: DataSpec) -> nn.Module:
+    """The network `cfg` names (by `name`, or the user's `_target_`), shaped for `spec`."""
+    if "_target_" in cfg:
+        from nettrain.models import custom
+
+        return custom.build(cfg, spec)
+    if cfg.get("name") not in MODELS:
+        raise invalid("model.name", cfg.get("name"), "allowed: " + ", ".join(MODELS) + ", or a _target_ (your own model)")
     module, function = MODELS[cfg.name].split(":")
     return getattr(importlib.import_module(module), function)(cfg, spec)
 
 
-__all__ = ["MODELS", "Net", "build_model"]
+def describe(cfg: DictConfig | dict) -> str:
+    """The model a config builds, for messages and records: `cnn`, `timm:convnext_nano`, `mypkg.nets.TinyNet`."""
+    if "_target_" in cfg:
+        return str(cfg["_target_"])
+    if cfg.get("name") == "timm":
+        return f"timm:{cfg.get('arch')}"
+    return str(cfg.get("name"))
+
+
+def before_data(cfg: DictConfig) -> None:
+    """What a run checks or fetches for its model before any data is read: the user's `_target_`s
+    import (a missing module fails at once), and a pretrained timm model's weights are in the cache
+    (setting the data's normalization and image size to theirs)."""
+    from nettrain.targets import GROUPS, locate
+
+    for group in GROUPS:
+        target = cfg.get(group, {}).get("_target_")
+        if target is not None:
+            locate(f"{group}._target_", target)
+    if "_target_" not in cfg.model and cfg.model.get("name") == "timm":
+        from nettrain.models import zoo
+
+        zoo.before_data(cfg)
+
+
+__all__ = ["MODELS", "Net", "before_data", "build_model", "describe"]

@@ -55,3 +55,39 @@ def _resnet(depth: int) -> Callable[[DictConfig, DataSpec], Net]:
 resnet18 = _resnet(18)
 resnet34 = _resnet(34)
 resnet50 = _resnet(50)
+
+
+# Inception networks (torchvision), with the smallest input each can take: below it a pooling
+# stage would have nothing left to pool. They train without their auxiliary classifiers
+# (aux_logits=False): with batch normalization those act as little more than a regularizer, and
+# they would make the loss model-specific; eval and export see the one classifier either way.
+INCEPTIONS = {"inception_v3": ("Conv2d_1a_3x3", 75), "googlenet": ("conv1", 15)}
+
+
+def _inception(name: str) -> Callable[[DictConfig, DataSpec], Net]:
+    stem, min_size = INCEPTIONS[name]
+
+    def build(cfg: DictConfig, spec: DataSpec) -> Net:
+        import torchvision
+
+        if not spec.is_image:
+            raise invalid("model", name, f"needs image data, but the data has input shape {spec.input_shape}; use model=mlp")
+        channels, size = spec.input_shape[0], min(spec.input_shape[1:])
+        if size < min_size:
+            raise invalid("model", name, f"needs images of at least {min_size} px, but the data has {size} px; "
+                                         f"raise data.image_size (or use model=resnet18, which takes any size)")
+        # dropout=0: nettrain's head holds model.dropout.
+        net = getattr(torchvision.models, name)(weights=None, aux_logits=False, init_weights=True, dropout=0.0)
+        if channels != 3:
+            conv = getattr(net, stem).conv
+            getattr(net, stem).conv = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                                                padding=conv.padding, bias=False)
+        features = net.fc.in_features
+        net.fc = nn.Identity()
+        return Net(net, features, spec.num_classes, cfg.dropout, convolutional=True)
+
+    return build
+
+
+inception_v3 = _inception("inception_v3")
+googlenet = _inception("googlenet")
