@@ -158,7 +158,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     if rt.device.type == "cpu" and not t.threads:
         threads, why = runtime.choose_threads(model, cfg.data.batch_size, rt.world_size)
         torch.set_num_threads(threads)
-        log.info("CPU threads: %d (%s; set trainer.threads to choose)", threads, why)
+        log.debug("CPU threads: %d (%s; set trainer.threads to choose)", threads, why)  # the start-up summary shows the count
     channels_last = rt.channels_last and model.convolutional
     model.to(rt.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     criterion = build_loss(cfg.loss, spec, data.class_weights).to(rt.device)
