@@ -59,6 +59,11 @@ class RunningTotals:
             self.values[1] += _hits(torch.cat(outputs), torch.cat(targets), self.task).item()
             self.pending.clear()
 
+    def mean_loss(self) -> float:
+        """The epoch's mean loss so far, for the progress bar (on a GPU this one read waits for it)."""
+        loss_sum, n = (self.values[0], self.values[2]) if isinstance(self.values, list) else self.values[::2].tolist()
+        return loss_sum / max(n, 1.0)
+
     def tensor(self) -> Tensor:
         """The totals as a tensor (on the device) to all-reduce, summarize or checkpoint."""
         if isinstance(self.values, Tensor):

@@ -247,8 +247,9 @@ def test_slurm_launcher_config_composes(capsys):
 
 def test_run_and_job_dirs_never_collide(capsys):
     assert run_in_process("train", "--cfg", "hydra", "--resolve", "-p", "hydra.run.dir") == 0
-    # Microseconds in a run's dir: runs started in the same second get their own.
-    assert re.search(r"outputs/\d{4}-\d{2}-\d{2}/\d{2}-\d{2}-\d{2}-\d{6}$", capsys.readouterr().out.strip())
+    # Microseconds in a run's dir: runs started in the same second get their own; the name (experiment or
+    # model) ends it, so TensorBoard names runs readably.
+    assert re.search(r"outputs/\d{4}-\d{2}-\d{2}/\d{2}-\d{2}-\d{2}-\d{6}_mlp$", capsys.readouterr().out.strip())
     assert run_in_process("train", "--cfg", "hydra", "-p", "hydra.sweep") == 0
     sweep = OmegaConf.create(capsys.readouterr().out)
     assert OmegaConf.to_container(sweep)["subdir"].startswith("${hydra.job.num}_")  # jobs of one sweep: numbered
