@@ -235,10 +235,12 @@ class WandB(Logger):
         self.options = options
 
     def start(self, run: RunInfo) -> dict[str, Any]:
+        import uuid
+
         import wandb
 
         o = self.options
-        run_id = run.state.get("wandb_run_id") or wandb.util.generate_id()
+        run_id = run.state.get("wandb_run_id") or uuid.uuid4().hex[:8]
         self.run = wandb.init(project=o.get("project") or "nettrain", entity=o.get("entity"), name=run.name,
                               id=run_id, resume="allow", dir=str(run.run_dir), mode=o.get("mode") or "online",
                               config=run.config, reinit="finish_previous")
