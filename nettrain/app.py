@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nettrain.config import absolute, absolute_paths, monitor_mode, register_resolvers, validate
 from nettrain.errors import UserError
+from nettrain.overrides import quote_paths
 from nettrain.suggest import explain
 
 log = logging.getLogger("nettrain")
@@ -43,7 +44,7 @@ def run_hydra_app(task: Callable[[DictConfig], Any], argv: list[str], config_nam
     from omegaconf.errors import OmegaConfBaseException
 
     register_resolvers()
-    argv = _with_resume_dir(argv)
+    argv = quote_paths(_with_resume_dir(argv))
     # Composition errors reach us as exceptions, so they can be reported in one line with exit 2.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv = ["nettrain", *argv]

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("nettrain")
 
 USAGE = """
-usage: nettrain eval ckpt=PATH [split=val|test] [output=DIR] [device=auto|cpu|cuda] [data.KEY=VALUE ...]
+usage: nettrain eval [ckpt=]PATH [split=val|test] [output=DIR] [device=auto|cpu|cuda] [--json]
+                     [data.KEY=VALUE ...]
 
 Evaluate a checkpoint (a .pt file, or a run dir for its checkpoints/best.pt) on the val split
 (default) or the test split of its data: loss, accuracy, per-class precision / recall / F1 and the
@@ -35,14 +36,16 @@ confusion matrix (regression: loss, RMSE, MAE, R2). The data is rebuilt from the
 config; data.KEY=VALUE changes it, e.g. data.root=DIR to evaluate on other files.
 
 Writes metrics.json, confusion_matrix.png and a TensorBoard image to output
-(default: RUN_DIR/eval/SPLIT).
+(default: RUN_DIR/eval/SPLIT). --json prints the metrics as JSON instead of the tables.
+The checkpoint may come first without `ckpt=` (a sweep job's dir, whose name holds `=`, too).
 
 examples:
   nettrain eval ckpt=outputs/2025-01-31/12-00-00/checkpoints/best.pt
   nettrain eval ckpt=outputs/2025-01-31/12-00-00 split=test data.root=~/photos-2025
+  nettrain eval outputs/multirun/2025-01-31/12-00-00/0_optimizer.lr=0.01 --json
 """
 
-DEFAULTS: dict[str, Any] = {"ckpt": None, "split": "val", "output": None, "device": "auto"}
+DEFAULTS: dict[str, Any] = {"ckpt": None, "split": "val", "output": None, "device": "auto", "json": False}
 SPLITS = ("val", "test")
 MAX_CLASSES_SHOWN = 20  # larger confusion matrices go to the PNG only, without numbers in the cells
 
@@ -199,11 +202,14 @@ def print_report(result: Evaluation) -> None:
 
 
 def _eval(argv: list[str]) -> int:
-    args = parse_args(argv, DEFAULTS, required=("ckpt",), paths=("ckpt", "output"), prefixes=("data.",))
+    args = parse_args(argv, DEFAULTS, required=("ckpt",), paths=("ckpt", "output"), prefixes=("data.",), positional="ckpt")
     split = one_of("split", args["split"], SPLITS)
     result = evaluate_checkpoint(args["ckpt"], split, args.get("data"), args["device"])
     output = Path(absolute(args["output"])) if args["output"] else result.run_dir / "eval" / split
-    print_report(result)
+    if args["json"] is True:
+        print(json.dumps(result.metrics, indent=2))
+    else:
+        print_report(result)
     write_report(result, output)
     log.info("wrote %s", output / "metrics.json")
     return 0

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("nettrain")
 
 USAGE = """
-usage: nettrain export ckpt=PATH [format=onnx|torchscript] [output=FILE|DIR]
+usage: nettrain export [ckpt=]PATH [format=onnx|torchscript] [output=FILE|DIR]
 
 Export a checkpoint (a .pt file, or a run dir for its checkpoints/best.pt) with a dynamic batch
 size. The export is checked against the PyTorch model on sample inputs (max abs diff reported,
@@ -170,7 +170,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _export(argv: list[str]) -> int:
-    args = parse_args(argv, DEFAULTS, required=("ckpt",), paths=("ckpt", "output"))
+    args = parse_args(argv, DEFAULTS, required=("ckpt",), paths=("ckpt", "output"), positional="ckpt")
     target, info = export_checkpoint(args["ckpt"], args["format"], args["output"])
     log.info("checked against PyTorch at batch sizes %s: max abs diff %.3g (tolerance %g)",
              ", ".join(map(str, CHECK_BATCH_SIZES)), info["max_abs_diff"], TOLERANCE)

@@ -36,6 +36,7 @@ def parse_args(argv: list[str], defaults: dict[str, Any], *, required: tuple[str
     missing required one or a malformed argument is an error (an unknown key names the nearest
     known one). `positional` names the key a bare first argument fills (`nettrain plot RUN_DIR`):
     one that is not `key=...`, or any existing path, so a sweep job's dir (`3_optimizer.lr=0.01`) works."""
+    argv = ["json=true" if a == "--json" and "json" in defaults else a for a in argv]
     if positional and argv and (not _KEY.match(argv[0]) or os.path.exists(argv[0])):
         argv = [f"{positional}={argv[0]}", *argv[1:]]
     for arg in argv:

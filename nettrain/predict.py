@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("nettrain")
 
 USAGE = """
-usage: nettrain predict ckpt=PATH input=FILE|DIR|CSV [top_k=N] [format=table|json|csv]
+usage: nettrain predict [ckpt=]PATH input=FILE|DIR|CSV [top_k=N] [format=table|json|csv]
                         [batch_size=64] [device=auto|cpu|cuda]
 
 Predict the class of each input with its probabilities, using only what the checkpoint stores
@@ -227,7 +227,7 @@ def report_failures(failures: list[tuple[str, str]], total: int) -> None:
 
 
 def _predict(argv: list[str]) -> int:
-    args = parse_args(argv, DEFAULTS, required=("ckpt", "input"), paths=("ckpt", "input"))
+    args = parse_args(argv, DEFAULTS, required=("ckpt", "input"), paths=("ckpt", "input"), positional="ckpt")
     one_of("format", args["format"], FORMATS)
     for key in ("top_k", "batch_size"):
         value = args[key]

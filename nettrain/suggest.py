@@ -39,8 +39,9 @@ def known_keys() -> tuple[str, ...]:
     """Every config key and group name nettrain's configs define (dotted)."""
     root = configs_dir()
     keys: set[str] = set()
-    primary = OmegaConf.to_container(OmegaConf.load(root / "train.yaml"))
-    _flatten({k: v for k, v in primary.items() if k not in ("defaults", "hydra")}, "", keys)
+    for path in root.glob("*.yaml"):  # the primary configs: train, lr_find, check_data
+        primary = OmegaConf.to_container(OmegaConf.load(path)) or {}
+        _flatten({k: v for k, v in primary.items() if k not in ("defaults", "hydra")}, "", keys)
     for group in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
         keys.add(group.name)
         if group.name in _GLOBAL_GROUPS:
