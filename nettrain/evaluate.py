@@ -65,6 +65,7 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: di
     """Metrics of the checkpoint's model on `split` of its data (changed by `data_overrides`)."""
     from nettrain.config import validate
     from nettrain.data import DataContext, build_data
+    from nettrain.logs import step_bar
     from nettrain.losses import build_loss
     from nettrain.metrics import evaluate
     from nettrain.runtime import Runtime, resolve_precision
@@ -97,8 +98,10 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: di
     criterion = build_loss(cfg.loss, loaded.spec, data.class_weights).to(loaded.device)
     # The precision training validated with, so val metrics come out as recorded.
     rt = Runtime(device=loaded.device, amp_dtype=resolve_precision(t.precision, loaded.device), channels_last=False)
-    summary, outputs, targets = evaluate(loaded.model, loader, criterion, device=loaded.device,
-                                         task=loaded.spec.task, autocast=rt.autocast, collect=True)
+    with step_bar(f"evaluating {split}", len(loader), samples_per_step=loader.batch_size) as bar:
+        summary, outputs, targets = evaluate(loaded.model, loader, criterion, device=loaded.device,
+                                             task=loaded.spec.task, autocast=rt.autocast, collect=True,
+                                             on_batch=bar.advance)
     if outputs is None:
         raise UserError(f"the {split} split of data={cfg.data.name} is empty")
     metrics: dict[str, Any] = {"checkpoint": str(loaded.path), "split": split, "samples": len(targets),

@@ -51,13 +51,13 @@ REFRESH_SECONDS = 0.25
 
 
 def make_progress(enabled: bool = True, out: Console | None = None) -> Any:
-    """A rich Progress on stderr: description, bar, done/total, [loss], samples/s, elapsed, ETA.
-    Columns fold into 80 columns; off when stderr is not a terminal (logs and CI stay clean)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    """A rich Progress on stderr: description, bar, done/total, [loss], samples/s, ETA, in 80
+    columns; off when stderr is not a terminal (logs and CI stay clean)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+    return Progress(TextColumn("{task.description}"), BarColumn(bar_width=12), MofNCompleteColumn(),
                     TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=out or console,
+                    TextColumn("eta"), TimeRemainingColumn(), console=out or console,
                     transient=True, refresh_per_second=1 / REFRESH_SECONDS,
                     disable=not (enabled and (out or console).is_terminal))
 

@@ -85,10 +85,11 @@ def summarize(totals: Tensor, task: str) -> dict[str, float]:
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: Loader, criterion: nn.Module, *, device: torch.device, task: str,
              autocast: Callable[[], Any], limit: int | None = None, collect: bool = False,
-             reduce: Any = None) -> tuple[dict[str, float], Tensor | None, Tensor | None]:
+             reduce: Any = None, on_batch: Callable[[], None] | None = None
+             ) -> tuple[dict[str, float], Tensor | None, Tensor | None]:
     """Metrics of `model` over `loader` (first `limit` batches). With `collect`, also every output
     and target (on the CPU), for confusion matrices and per-class metrics. `reduce` sums the totals
-    across data-parallel ranks."""
+    across data-parallel ranks; `on_batch` is called after each batch (a progress bar)."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, device=device)
@@ -103,6 +104,8 @@ def evaluate(model: nn.Module, loader: Loader, criterion: nn.Module, *, device: 
         if collect:
             outputs.append(out.float().cpu())
             targets.append(y.cpu())
+        if on_batch is not None:
+            on_batch()
     if reduce is not None:
         reduce(totals)
     model.train(was_training)

@@ -134,3 +134,22 @@ def test_the_start_up_summary_is_shown_and_recorded_in_metrics_json(tmp_path, ca
     lines = startup_lines(run, run_dir)
     assert all(len(line) <= 80 for line in lines[1:]), lines
     assert (run_dir / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_bar_fits_80_columns():
+    from nettrain.logs import make_progress
+
+    out = terminal()
+    clock = FakeClock()
+    with make_progress(out=out) as progress:
+        bar = StepBar(progress, "epoch 100/100", 123_456, samples_per_step=256, loss=lambda: 12.3456, clock=clock)
+        for _ in range(1000):
+            clock.now += 0.01
+            bar.advance()
+        progress.refresh()
+        rendered = out.export_text() if out.record else out.file.getvalue()
+    lines = [line.replace("\x1b[2K", "").rstrip() for line in rendered.replace("\r", "\n").splitlines()
+             if "epoch 100/100" in line]
+    assert lines and all(len(line) <= 80 for line in lines), lines
+    for field in ("/123456", "loss 12.3456", "25,600/s", "eta 0:"):  # nothing cut to fit
+        assert field in lines[-1], lines[-1]
