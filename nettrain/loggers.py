@@ -61,8 +61,9 @@ class Logger:
     def finish(self, status: str, best: dict[str, float], files: dict[str, Path]) -> None: ...
 
 
-# TensorBoard's HParams status per run status: a diverged or failed run is not a success.
-TB_STATUS = {"completed": "STATUS_SUCCESS", "stopped_early": "STATUS_SUCCESS", "interrupted": "STATUS_ABORTED",
+# TensorBoard's HParams status per run status: a diverged or failed run is not a success, an interrupted
+# one (to be resumed) is neither.
+TB_STATUS = {"completed": "STATUS_SUCCESS", "stopped_early": "STATUS_SUCCESS", "interrupted": "STATUS_UNKNOWN",
              "diverged": "STATUS_FAILURE", "failed": "STATUS_FAILURE"}
 
 

@@ -108,7 +108,8 @@ def _hparams(run_dir) -> set[str]:
 
 def test_tensorboard_hparams_are_the_user_choices_and_the_status_is_true(tmp_path):
     run_dir = train(tmp_path, "trainer.max_epochs=1", "optimizer.lr=0.002", "model=cnn")
-    assert _hparams(run_dir) == {"model", "data", "loss", "optimizer", "scheduler", "trainer", "logger", "optimizer.lr"}
+    assert _hparams(run_dir) == {"model", "data", "loss", "optimizer", "scheduler", "trainer", "logger",
+                                 "optimizer.lr", "trainer.max_epochs"}  # choices and overrides, no defaults
     assert _session_status(run_dir) == "STATUS_SUCCESS"
     assert "confusion_matrix/val" in _events(run_dir).Tags()["images"]
 
