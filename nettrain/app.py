@@ -23,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from nettrain.config import absolute, absolute_paths, check_added_keys, check_targets, monitor_mode, register_resolvers, validate
 from nettrain.errors import UserError, os_error_line
+from nettrain.overrides import quote_paths
+from nettrain.suggest import explain
 
 log = logging.getLogger("nettrain")
 
@@ -44,7 +46,7 @@ def run_hydra_app(task: Callable[[DictConfig], Any], argv: list[str], config_nam
 
     register_resolvers()
     try:
-        argv = _with_resume_dir(argv)
+        argv = quote_paths(_with_resume_dir(argv))
     except UserError as e:
         print(f"nettrain: {e}", file=sys.stderr)
         return 2
@@ -62,7 +64,7 @@ def run_hydra_app(task: Callable[[DictConfig], Any], argv: list[str], config_nam
         print(f"nettrain: {_missing_config_line(e)}", file=sys.stderr)
         return 2
     except (HydraException, OmegaConfBaseException) as e:
-        print(f"nettrain: {_first_line(e)}", file=sys.stderr)
+        print(f"nettrain: {explain(e) or _first_line(e)}", file=sys.stderr)
         return 2
     except ValueError as e:
         if not str(e).startswith("Only one of --run"):  # Hydra's check of its mode flags (-m with --cfg, ...)
@@ -101,7 +103,7 @@ def _missing_config_line(e: Any) -> str:
     if "/" in missing and options:
         group, name = missing.rsplit("/", 1)
         return f"unknown {group}={name}; allowed: {', '.join(sorted(options))}"
-    return _first_line(e)
+    return explain(e) or _first_line(e)
 
 
 def _with_resume_dir(argv: list[str]) -> list[str]:

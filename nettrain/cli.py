@@ -56,4 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nettrain: unknown command {name!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module, func = COMMANDS[name][0].split(":")
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    try:
+        code = int(getattr(importlib.import_module(module), func)(rest) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (`nettrain runs | head`): stop quietly, as Unix tools do. Python would
+        # flush stdout again at exit and fail once more, so point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the closed pipe

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("nettrain")
 
 USAGE = """
-usage: nettrain eval ckpt=PATH [split=val|test] [output=DIR] [device=auto|cpu|cuda] [data.KEY=VALUE ...]
-                     [model._target_=IMPORT.PATH] [loss._target_=IMPORT.PATH]
+usage: nettrain eval [ckpt=]PATH [split=val|test] [output=DIR] [device=auto|cpu|cuda] [--json]
+                     [data.KEY=VALUE ...] [model._target_=IMPORT.PATH] [loss._target_=IMPORT.PATH]
 
 Evaluate a checkpoint (a .pt file, or a run dir for its checkpoints/best.pt) on the val split
 (default) or the test split of its data: loss, accuracy, per-class precision / recall / F1 and the
@@ -39,14 +39,16 @@ same model._target_, data._target_ or loss._target_ here: code named by a checkp
 imported on its own.
 
 Writes metrics.json, confusion_matrix.png and a TensorBoard image to output
-(default: RUN_DIR/eval/SPLIT).
+(default: RUN_DIR/eval/SPLIT). --json prints the metrics as JSON instead of the tables.
+The checkpoint may come first without `ckpt=` (a sweep job's dir, whose name holds `=`, too).
 
 examples:
   nettrain eval ckpt=outputs/2025-01-31/12-00-00/checkpoints/best.pt
   nettrain eval ckpt=outputs/2025-01-31/12-00-00 split=test data.root=~/photos-2025
+  nettrain eval outputs/multirun/2025-01-31/12-00-00/0_optimizer.lr=0.01 --json
 """
 
-DEFAULTS: dict[str, Any] = {"ckpt": None, "split": "val", "output": None, "device": "auto"}
+DEFAULTS: dict[str, Any] = {"ckpt": None, "split": "val", "output": None, "device": "auto", "json": False}
 SPLITS = ("val", "test")
 MAX_CLASSES_SHOWN = 20  # larger confusion matrices go to the PNG only, without numbers in the cells
 
@@ -68,6 +70,7 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: di
     from nettrain.config import validate
     from nettrain.data import DataContext, build_data
     from nettrain.inference import CONFIRM_HOW
+    from nettrain.logs import step_bar
     from nettrain.losses import build_loss
     from nettrain.metrics import evaluate
     from nettrain.runtime import Runtime, resolve_precision
@@ -103,8 +106,10 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: di
     criterion = build_loss(cfg.loss, loaded.spec, data.class_weights).to(loaded.device)
     # The precision training validated with, so val metrics come out as recorded.
     rt = Runtime(device=loaded.device, amp_dtype=resolve_precision(t.precision, loaded.device), channels_last=False)
-    summary, outputs, targets = evaluate(loaded.model, loader, criterion, device=loaded.device,
-                                         task=loaded.spec.task, autocast=rt.autocast, collect=True)
+    with step_bar(f"evaluating {split}", len(loader), samples_per_step=loader.batch_size) as bar:
+        summary, outputs, targets = evaluate(loaded.model, loader, criterion, device=loaded.device,
+                                             task=loaded.spec.task, autocast=rt.autocast, collect=True,
+                                             on_batch=bar.advance)
     if outputs is None:
         raise UserError(f"the {split} split of data={cfg.data.name} is empty")
     metrics: dict[str, Any] = {"checkpoint": str(loaded.path), "split": split, "samples": len(targets),
@@ -208,12 +213,16 @@ def print_report(result: Evaluation) -> None:
 
 
 def _eval(argv: list[str]) -> int:
-    args = parse_args(argv, DEFAULTS, required=("ckpt",), paths=("ckpt", "output"), prefixes=("data.", "model.", "loss."))
+    args = parse_args(argv, DEFAULTS, required=("ckpt",), paths=("ckpt", "output"), prefixes=("data.", "model.", "loss."),
+                      positional="ckpt")
     split = one_of("split", args["split"], SPLITS)
     result = evaluate_checkpoint(args["ckpt"], split, args.get("data"), args["device"],
                                  {"model": args.get("model"), "loss": args.get("loss")})
     output = Path(absolute(args["output"])) if args["output"] else result.run_dir / "eval" / split
-    print_report(result)
+    if args["json"] is True:
+        print(json.dumps(result.metrics, indent=2))
+    else:
+        print_report(result)
     write_report(result, output)
     log.info("wrote %s", output / "metrics.json")
     return 0

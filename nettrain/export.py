@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("nettrain")
 
 USAGE = """
-usage: nettrain export ckpt=PATH [format=onnx|torchscript] [output=FILE|DIR] [model._target_=IMPORT.PATH]
+usage: nettrain export [ckpt=]PATH [format=onnx|torchscript] [output=FILE|DIR] [model._target_=IMPORT.PATH]
 
 Export a checkpoint (a .pt file, or a run dir for its checkpoints/best.pt) with a dynamic batch
 size. The export is checked against the PyTorch model on sample inputs (max abs diff reported,
@@ -175,7 +175,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _export(argv: list[str]) -> int:
-    args = parse_args(argv, DEFAULTS, required=("ckpt",), paths=("ckpt", "output"), prefixes=("model.",))
+    args = parse_args(argv, DEFAULTS, required=("ckpt",), paths=("ckpt", "output"), prefixes=("model.",), positional="ckpt")
     target, info = export_checkpoint(args["ckpt"], args["format"], args["output"], {"model": args.get("model")})
     log.info("checked against PyTorch at batch sizes %s: max abs diff %.3g (tolerance %g)",
              ", ".join(map(str, CHECK_BATCH_SIZES)), info["max_abs_diff"], TOLERANCE)

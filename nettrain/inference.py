@@ -6,6 +6,8 @@ Torch is imported only inside `load_model`, so `--help` and argument errors answ
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,9 +33,11 @@ def parse_args(argv: list[str], defaults: dict[str, Any], *, required: tuple[str
     """`key=value` arguments over `defaults`. Values of `paths` keys are kept verbatim (a file may
     be called `1e3.png` or `#1.jpg`); the others are typed by OmegaConf (`top_k=3` is an int). Keys
     under `prefixes` (e.g. `data.`) pass through as nested overrides; any other unknown key, a
-    missing required one or a malformed argument is an error. `positional` names the key a bare
-    first argument fills (`nettrain plot RUN_DIR`)."""
-    if positional and argv and "=" not in argv[0]:
+    missing required one or a malformed argument is an error (an unknown key names the nearest
+    known one). `positional` names the key a bare first argument fills (`nettrain plot RUN_DIR`):
+    one that is not `key=...`, or any existing path, so a sweep job's dir (`3_optimizer.lr=0.01`) works."""
+    argv = ["json=true" if a == "--json" and "json" in defaults else a for a in argv]
+    if positional and argv and (not _KEY.match(argv[0]) or os.path.exists(argv[0])):
         argv = [f"{positional}={argv[0]}", *argv[1:]]
     for arg in argv:
         if "=" not in arg or arg.startswith("="):
@@ -47,12 +51,23 @@ def parse_args(argv: list[str], defaults: dict[str, Any], *, required: tuple[str
     allowed = list(defaults) + [f"{p}..." for p in prefixes]
     for key in given:
         if key not in defaults and f"{key}." not in prefixes:
-            raise UserError(f"unknown argument {key}=...; allowed: {', '.join(allowed)}")
+            raise UserError(f"unknown argument {key}=...;{did_you_mean(key, list(defaults))} allowed: {', '.join(allowed)}")
     args = {**defaults, **given, **verbatim}
     for key in required:
         if args.get(key) in (None, ""):
             raise UserError(f"missing {key}=... (see --help)")
     return args
+
+
+_KEY = re.compile(r"^[+~]?[A-Za-z_][\w.]*=")
+
+
+def did_you_mean(key: str, known: list[str]) -> str:
+    """' did you mean KEY?' for the known key nearest to a mistyped one, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f" did you mean {close[0]}?" if close else ""
 
 
 def run_command(work: Callable[[list[str]], int], argv: list[str], usage: str) -> int:

@@ -55,6 +55,7 @@ def range_test(cfg: DictConfig) -> Curve:
 
     from nettrain import runtime
     from nettrain.data import DataContext, build_data
+    from nettrain.logs import step_bar
     from nettrain.losses import build_loss
     from nettrain.models import before_data, build_model
     from nettrain.optim import build_optimizer
@@ -79,23 +80,25 @@ def range_test(cfg: DictConfig) -> Curve:
     curve = Curve([], [], [])
     average = 0.0
     batches = itertools.chain.from_iterable(data.train.batches(epoch, device=rt.device) for epoch in itertools.count())
-    for step, (x, y) in zip(range(lf.steps), batches):
-        with rt.autocast():
-            loss = criterion(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        value = loss.item()
-        average = SMOOTHING * average + (1 - SMOOTHING) * value
-        smoothed = average / (1 - SMOOTHING ** (step + 1))
-        curve.lrs.append(schedule.get_last_lr()[0])
-        curve.losses.append(value)
-        curve.smoothed.append(smoothed)
-        if not math.isfinite(smoothed) or smoothed > lf.diverge_factor * min(curve.smoothed):
-            curve.exploded = True
-            break
-        schedule.step()
+    with step_bar("lr range test", lf.steps, samples_per_step=cfg.data.batch_size, loss=lambda: curve.smoothed[-1]) as bar:
+        for step, (x, y) in zip(range(lf.steps), batches):
+            with rt.autocast():
+                loss = criterion(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            value = loss.item()
+            average = SMOOTHING * average + (1 - SMOOTHING) * value
+            smoothed = average / (1 - SMOOTHING ** (step + 1))
+            curve.lrs.append(schedule.get_last_lr()[0])
+            curve.losses.append(value)
+            curve.smoothed.append(smoothed)
+            bar.advance()
+            if not math.isfinite(smoothed) or smoothed > lf.diverge_factor * min(curve.smoothed):
+                curve.exploded = True
+                break
+            schedule.step()
     return curve
 
 

@@ -59,6 +59,11 @@ class RunningTotals:
             self.values[1] += _hits(torch.cat(outputs), torch.cat(targets), self.task).item()
             self.pending.clear()
 
+    def mean_loss(self) -> float:
+        """The epoch's mean loss so far, for the progress bar (on a GPU this one read waits for it)."""
+        loss_sum, n = (self.values[0], self.values[2]) if isinstance(self.values, list) else self.values[::2].tolist()
+        return loss_sum / max(n, 1.0)
+
     def tensor(self) -> Tensor:
         """The totals as a tensor (on the device) to all-reduce, summarize or checkpoint."""
         if isinstance(self.values, Tensor):
@@ -80,10 +85,11 @@ def summarize(totals: Tensor, task: str) -> dict[str, float]:
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: Loader, criterion: nn.Module, *, device: torch.device, task: str,
              autocast: Callable[[], Any], limit: int | None = None, collect: bool = False,
-             reduce: Any = None) -> tuple[dict[str, float], Tensor | None, Tensor | None]:
+             reduce: Any = None, on_batch: Callable[[], None] | None = None
+             ) -> tuple[dict[str, float], Tensor | None, Tensor | None]:
     """Metrics of `model` over `loader` (first `limit` batches). With `collect`, also every output
     and target (on the CPU), for confusion matrices and per-class metrics. `reduce` sums the totals
-    across data-parallel ranks."""
+    across data-parallel ranks; `on_batch` is called after each batch (a progress bar)."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, device=device)
@@ -98,6 +104,8 @@ def evaluate(model: nn.Module, loader: Loader, criterion: nn.Module, *, device: 
         if collect:
             outputs.append(out.float().cpu())
             targets.append(y.cpu())
+        if on_batch is not None:
+            on_batch()
     if reduce is not None:
         reduce(totals)
     model.train(was_training)

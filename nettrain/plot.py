@@ -14,17 +14,19 @@ from nettrain.inference import parse_args, run_command
 log = logging.getLogger("nettrain")
 
 USAGE = """
-usage: nettrain plot RUN_DIR [output=FILE.png]
+usage: nettrain plot [run=]RUN_DIR [output=FILE.png] [log_loss=true|false]
 
-Draw the run's train and val loss and accuracy (regression: RMSE) per epoch from
-RUN_DIR/metrics.json, with the best epoch marked. Writes RUN_DIR/curves.png unless output= is given.
-Works on a finished run and on one still training.
+Draw the run's train and val loss, accuracy (regression: RMSE) and learning rate per epoch from
+RUN_DIR/metrics.json, with the best epoch marked, titled with the run's name and overrides.
+Writes RUN_DIR/curves.png unless output= is given. log_loss=true draws the loss on a log scale.
+Works on a finished run and on one still training, and on a sweep's job dir (names with `=`).
 
-example:
-  nettrain plot outputs/2025-01-31/12-00-00
+examples:
+  nettrain plot outputs/2025-01-31/12-00-00-123456_mlp
+  nettrain plot outputs/multirun/2025-01-31/12-00-00-123456/0_optimizer.lr=0.01 log_loss=true
 """
 
-DEFAULTS: dict[str, Any] = {"run": None, "output": None}
+DEFAULTS: dict[str, Any] = {"run": None, "output": None, "log_loss": False}
 
 
 def read_history(run_dir: Path) -> tuple[list[dict[str, Any]], int | None]:
@@ -44,8 +46,18 @@ def read_history(run_dir: Path) -> tuple[list[dict[str, Any]], int | None]:
     return history, record.get("best_epoch")
 
 
-def curves_figure(history: list[dict[str, Any]], best_epoch: int | None, title: str) -> Any:
-    """Loss, and accuracy (or RMSE), train vs val per epoch; the best epoch as a dashed line and a star."""
+def run_title(run_dir: Path) -> str:
+    """The run's name (experiment or model), its dir's name and the overrides it was started with."""
+    from nettrain.runs import read_run
+
+    run = read_run(run_dir)
+    overrides = " ".join(o for o in run.overrides if not o.startswith("hydra."))
+    return f"{run.name}: {run_dir.name}" + (f"\n{overrides}" if overrides else "")
+
+
+def curves_figure(history: list[dict[str, Any]], best_epoch: int | None, title: str, log_loss: bool = False) -> Any:
+    """Loss, accuracy (or RMSE), train vs val per epoch, and the learning rate; the best epoch as a
+    dashed line and a star."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,11 +65,22 @@ def curves_figure(history: list[dict[str, Any]], best_epoch: int | None, title: 
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     second = next((k for k in ("accuracy", "rmse", "mae") if f"val_{k}" in history[0]), None)
-    panels = ["loss"] + ([second] if second else [])
+    panels = ["loss"] + ([second] if second else []) + (["lr"] if "lr" in history[0] else [])
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
     epochs = [r["epoch"] for r in history]
     best = next((r for r in history if r["epoch"] == best_epoch), None)
     for ax, metric in zip(axes[0], panels):
+        if metric == "lr":
+            ax.plot(epochs, [r["lr"] for r in history], color="tab:purple", label="lr (end of epoch)")
+            ax.set_yscale("log")
+            if best is not None:
+                ax.axvline(best_epoch, color="tab:green", linestyle="--", linewidth=1, label=f"best epoch {best_epoch}")
+            ax.set_title("learning rate")
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3, which="both")
+            ax.legend()
+            continue
         for split, color in (("train", "tab:blue"), ("val", "tab:orange")):
             values = [r.get(f"{split}_{metric}") for r in history]
             ax.plot(epochs, values, marker="o" if len(epochs) <= 30 else None, markersize=3, color=color, label=split)
@@ -73,6 +96,8 @@ def curves_figure(history: list[dict[str, Any]], best_epoch: int | None, title: 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if metric == "accuracy":
             ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        if metric == "loss" and log_loss:
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()
     figure.suptitle(title)
@@ -80,20 +105,31 @@ def curves_figure(history: list[dict[str, Any]], best_epoch: int | None, title: 
     return figure
 
 
-def _plot(argv: list[str]) -> int:
-    args = parse_args(argv, DEFAULTS, required=("run",), paths=("run", "output"), positional="run")
-    run_dir = Path(absolute(args["run"]))
+def write_curves(run_dir: Path, output: Path, log_loss: bool = False) -> Path:
+    """Draw the run's curves into `output` (a .png); returns it."""
+    import matplotlib.pyplot as plt
+
     history, best_epoch = read_history(run_dir)
-    output = Path(absolute(args["output"])) if args["output"] else run_dir / "curves.png"
     if output.suffix.lower() != ".png":
-        raise UserError(f"invalid output={args['output']!r}: must be a .png file")
-    figure = curves_figure(history, best_epoch, str(run_dir))
+        raise UserError(f"invalid output={str(output)!r}: must be a .png file")
+    figure = curves_figure(history, best_epoch, run_title(run_dir), log_loss)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         figure.savefig(output, dpi=120)
     except OSError as e:
         raise UserError(f"cannot write {output}: {e.strerror or e}") from None
-    log.info("wrote %s", output)
+    finally:
+        plt.close(figure)
+    return output
+
+
+def _plot(argv: list[str]) -> int:
+    args = parse_args(argv, DEFAULTS, required=("run",), paths=("run", "output"), positional="run")
+    if not isinstance(args["log_loss"], bool):
+        raise UserError(f"invalid log_loss={args['log_loss']!r}: allowed: true, false")
+    run_dir = Path(absolute(args["run"]))
+    output = Path(absolute(args["output"])) if args["output"] else run_dir / "curves.png"
+    log.info("wrote %s", write_curves(run_dir, output, args["log_loss"]))
     return 0
 
 

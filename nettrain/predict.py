@@ -12,8 +12,7 @@ import csv
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("nettrain")
 
 USAGE = """
-usage: nettrain predict ckpt=PATH input=FILE|DIR|CSV [top_k=N] [format=table|json|csv]
+usage: nettrain predict [ckpt=]PATH input=FILE|DIR|CSV [top_k=N] [format=table|json|csv]
                         [batch_size=64] [device=auto|cpu|cuda] [model._target_=IMPORT.PATH]
 
 Predict the class of each input with its probabilities, using only what the checkpoint stores
@@ -81,13 +80,16 @@ def predict(ckpt: str | Path, source: str | Path, *, batch_size: int = 64, devic
         raise invalid("input", str(source), "no such file or directory")
     inputs, encode = _inputs(loaded, path, str(source))
     results = Results([], [], loaded.spec.class_names)
-    with _progress(len(inputs), batch_size) as advance:
+    from nettrain.logs import step_bar
+
+    # A bar (inputs done, inputs/s, ETA) when there is more than one batch, on a terminal.
+    with step_bar("predicting", len(inputs), enabled=len(inputs) > batch_size) as bar:
         for start in range(0, len(inputs), batch_size):
             chunk = inputs[start:start + batch_size]
             names, batch = _encode(chunk, encode, results.failures)
             if names:
                 results.predictions += _predict_batch(loaded, names, batch)
-            advance(len(chunk))
+            bar.advance(len(chunk))
     if not results.predictions:
         if len(inputs) == 1:
             raise UserError(results.failures[0][1])
@@ -174,18 +176,6 @@ def _predict_batch(loaded: Loaded, names: list[str], batch: Tensor) -> list[Pred
     return predictions
 
 
-@contextmanager
-def _progress(total: int, batch_size: int) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr for more than one batch of inputs (on a terminal only)."""
-    from rich.progress import Progress
-
-    from nettrain.logs import console
-
-    with Progress(console=console, transient=True, disable=total <= batch_size or not console.is_terminal) as bar:
-        task = bar.add_task("predicting", total=total)
-        yield lambda n: bar.advance(task, n)
-
-
 def top(prediction: Prediction, k: int | None) -> dict[str, float]:
     return dict(list(prediction.probabilities.items())[:k]) if k else prediction.probabilities
 
@@ -235,7 +225,8 @@ def report_failures(failures: list[tuple[str, str]], total: int) -> None:
 
 
 def _predict(argv: list[str]) -> int:
-    args = parse_args(argv, DEFAULTS, required=("ckpt", "input"), paths=("ckpt", "input"), prefixes=("model.",))
+    args = parse_args(argv, DEFAULTS, required=("ckpt", "input"), paths=("ckpt", "input"), prefixes=("model.",),
+                      positional="ckpt")
     one_of("format", args["format"], FORMATS)
     for key in ("top_k", "batch_size"):
         value = args[key]

@@ -19,15 +19,18 @@ from nettrain.config import absolute, monitor_mode
 from nettrain.errors import UserError, invalid
 
 USAGE = """
-usage: nettrain runs [DIR] [--sort METRIC]
+usage: nettrain runs [[dir=]DIR] [sort=METRIC] [--json]
 
 List the training runs under DIR (default: outputs), newest first: date, run dir, experiment
-(or model), overrides, status, best val loss and accuracy, epochs. Sweep jobs are runs too.
---sort orders by a best metric instead, best first: val_loss, val_accuracy, val_rmse, val_mae.
+(or model), overrides, status, best val loss and accuracy, epochs. Sweep jobs are runs too
+(a job's dir, whose name holds `=`, works as DIR). sort=METRIC (or --sort METRIC) orders by a
+best metric instead, best first: val_loss, val_accuracy, val_rmse, val_mae. --json prints the
+runs as a JSON list instead of the table.
 
 examples:
   nettrain runs
-  nettrain runs outputs/multirun --sort val_accuracy
+  nettrain runs outputs/multirun sort=val_accuracy
+  nettrain runs --json | python -m json.tool
 """
 
 METRICS = ("val_loss", "val_accuracy", "val_rmse", "val_mae")  # the best-epoch metrics metrics.json holds
@@ -119,49 +122,65 @@ def runs_table(runs: list[Run], root: Path) -> Any:
     from rich.table import Table
 
     metrics = metric_columns(runs)
+    # At 80 columns the run dir and overrides fold onto more lines; dates, statuses and numbers stay whole.
     table = Table(title=f"runs under {root}", title_justify="left")
     for column in ("date", "run", "experiment/model", "overrides", "status", *metrics, "epochs"):
-        table.add_column(column, justify="right" if column in (*metrics, "epochs") else "left")
+        folds = column in ("run", "experiment/model", "overrides")
+        table.add_column(column, justify="right" if column in (*metrics, "epochs") else "left",
+                         overflow="fold" if folds else "ellipsis", no_wrap=not folds)
     for run in runs:
         style = STATUS_STYLE.get(run.status, "red")
-        table.add_row(run.started.strftime("%Y-%m-%d %H:%M"), str(run.path.relative_to(root)), run.name,
+        table.add_row(run.started.strftime("%m-%d %H:%M"), str(run.path.relative_to(root)), run.name,
                       " ".join(run.overrides), f"[{style}]{run.status}[/]",
                       *(format_metric(m, run.best(m)) for m in metrics), str(run.epochs))
     return table
 
 
-def _parse(argv: list[str]) -> tuple[Path, str | None]:
+def as_json(runs: list[Run], root: Path) -> list[dict[str, Any]]:
+    return [{"run_dir": str(r.path), "started": r.started.isoformat(timespec="seconds"), "name": r.name,
+             "overrides": r.overrides, "status": r.status, "best": {m: r.best(m) for m in METRICS if r.best(m) is not None},
+             "best_epoch": r.record.get("best_epoch"), "epochs": r.epochs, "seconds": round(r.seconds, 3)} for r in runs]
+
+
+def _parse(argv: list[str]) -> tuple[Path, str | None, bool]:
     from nettrain.inference import parse_args
 
     args: list[str] = []
     rest = iter(argv)
-    for arg in rest:  # `--sort METRIC` and `--sort=METRIC` are `sort=METRIC`; a bare DIR is `dir=DIR`
+    for arg in rest:  # `--sort METRIC` and `--sort=METRIC` are `sort=METRIC`, `--json` is `json=true`
         if arg == "--sort":
             args.append(f"sort={next(rest, '')}")
-        elif arg.startswith("--sort="):
+        elif arg.startswith(("--sort=", "--json=")):
             args.append(arg[2:])
-        elif "=" not in arg and not arg.startswith("-"):
-            args.append(f"dir={arg}")
+        elif arg == "--json":
+            args.append("json=true")
         else:
             args.append(arg)
-    parsed = parse_args(args, {"dir": "outputs", "sort": None}, paths=("dir",))
+    parsed = parse_args(args, {"dir": "outputs", "sort": None, "json": False}, paths=("dir",), positional="dir")
     if parsed["sort"] is not None and parsed["sort"] not in METRICS:
         raise invalid("--sort", parsed["sort"], "allowed: " + ", ".join(METRICS))
     root = Path(absolute(parsed["dir"]))
     if not root.is_dir():
         raise UserError(f"no such directory: {parsed['dir']} (runs are listed from a dir such as outputs)")
-    return root, parsed["sort"]
+    if not isinstance(parsed["json"], bool):
+        raise invalid("json", parsed["json"], "allowed: true, false")
+    return root, parsed["sort"], parsed["json"]
 
 
 def _runs(argv: list[str]) -> int:
+    import json
     import sys
 
-    root, sort = _parse(argv)
+    root, sort, to_json = _parse(argv)
     runs = sorted(find_runs(root), key=lambda r: r.started, reverse=True)
+    runs = sort_runs(runs, sort) if sort else runs
+    if to_json:
+        print(json.dumps(as_json(runs, root), indent=2))
+        return 0
     if not runs:
         print(f"no runs under {root}", file=sys.stderr)
         return 0
-    show(runs_table(sort_runs(runs, sort) if sort else runs, root))
+    show(runs_table(runs, root))
     return 0
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,9 @@ def summary_table(jobs: list[Run], metrics: list[str], title: str) -> Any:
                   caption=f"every job: {' '.join(o for o in jobs[0].overrides if o in shared)}" if shared else None,
                   caption_justify="left")
     for column in ("job", "overrides", "status", *metrics, "best epoch", "time"):
-        table.add_column(column, justify="left" if column in ("overrides", "status") else "right")
+        # At 80 columns the swept values fold onto more lines rather than being cut.
+        table.add_column(column, justify="left" if column in ("overrides", "status") else "right",
+                         overflow="fold" if column == "overrides" else "ellipsis", no_wrap=column != "overrides")
     for job in jobs:
         style = STATUS_STYLE.get(job.status, "red")
         table.add_row(str(job_number(job.path)), " ".join(o for o in job.overrides if o not in shared),
@@ -65,9 +69,52 @@ def summary_table(jobs: list[Run], metrics: list[str], title: str) -> Any:
     return table
 
 
+def sweep_size(config: DictConfig) -> int | None:
+    """How many jobs the sweep will run: the product of the swept values' counts (Optuna: n_trials);
+    None when it cannot be known beforehand."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if "optuna" in str(config.hydra.sweeper.get("_target_", "")):
+        return int(config.hydra.sweeper.n_trials)
+    try:
+        overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        return math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1 for o in overrides)
+    except Exception:  # noqa: BLE001 - an interval or custom sweep: the count is unknown, not an error
+        return None
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+
+
 class SweepSummary(Callback):
-    """Registered in configs/train.yaml under hydra.callbacks: at the end of a multirun, a table of
-    the jobs sorted by early_stopping.monitor, SWEEP_DIR/summary.csv, and the sweep's exit code."""
+    """Registered in configs/train.yaml under hydra.callbacks: "job k/n" with the sweep's elapsed
+    time as each job starts; at the end of a multirun, a table of the jobs sorted by
+    early_stopping.monitor, SWEEP_DIR/summary.csv, and the sweep's exit code."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.total: int | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started, self.total = time.monotonic(), sweep_size(config)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get() if HydraConfig.initialized() else None
+        if hc is None or hc.mode != RunMode.MULTIRUN or self.started is None:  # a launcher's worker process
+            return
+        done = hc.job.num  # jobs started before this one (0-based number)
+        elapsed = time.monotonic() - self.started
+        total = f"/{self.total}" if self.total else ""
+        left = f", ~{_duration(elapsed / done * (self.total - done))} left" if done and self.total else ""
+        line = f"sweep: job {done + 1}{total}, {_duration(elapsed)} elapsed{left}: {' '.join(hc.overrides.task)}"
+        from nettrain.logs import console
+
+        console.print(escape(line), style="bold", soft_wrap=True, highlight=False)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from nettrain import app

@@ -1,25 +1,19 @@
-"""What a run writes besides checkpoints: TensorBoard events and `metrics.json`."""
+"""What a run writes besides checkpoints: `metrics.json`, and the loggers' files (TensorBoard events, ...)."""
 
 from __future__ import annotations
 
 import json
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from nettrain import __version__
 from nettrain.checkpoint import atomic_write_text
-
-# Train and val loss (and accuracy) on one chart each: TensorBoard's custom-scalars layout.
-LAYOUT = {
-    "curves": {
-        "loss (train vs val)": ["Multiline", ["loss/train", "loss/val"]],
-        "accuracy (train vs val)": ["Multiline", ["accuracy/train", "accuracy/val"]],
-    }
-}
 
 
 def environment() -> dict[str, Any]:
@@ -35,66 +29,137 @@ def environment() -> dict[str, Any]:
             "git_commit": commit, "cuda": torch.version.cuda if torch.cuda.is_available() else None}
 
 
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The run's config flattened to `group.key` scalars, as TensorBoard's HParams tab wants."""
+def flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's config flattened to `group.key` scalars (lists as text), without Hydra's `_target_`s."""
     out: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
-                walk(v, f"{prefix}{k}." if prefix or k else k)
+                walk(v, f"{prefix}{k}.")
         elif isinstance(node, (int, float, str, bool)):
             out[prefix.rstrip(".")] = node
         elif isinstance(node, list):
             out[prefix.rstrip(".")] = str(node)
 
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for group in ("model", "data", "loss", "optimizer", "scheduler", "trainer"):
-        walk(container.get(group, {}), f"{group}.")
-    return {k: v for k, v in out.items() if not k.endswith("_target_") and v is not None}
+    walk(config, "")
+    return {k: v for k, v in out.items() if not k.split(".")[-1].startswith("_")}
+
+
+def user_choices(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
+    """What the user chose for this run: its config-group choices (model=cnn, +experiment=...) and
+    its overrides (optimizer.lr=0.01), read from the run's .hydra files; the rest are defaults, and
+    listing them (30 settings) would bury the choices in TensorBoard's HParams table."""
+    hydra_dir = run_dir / ".hydra"
+    chosen: dict[str, Any] = {}
+    try:
+        choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
+        overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+    except (OSError, ValueError, AttributeError, OmegaConfBaseException):
+        return {"model": cfg.model.name, "data": cfg.data.name}
+    for group, choice in choices.items():
+        if not group.startswith("hydra/") and choice is not None:
+            chosen[group] = str(choice)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in chosen or key == "resume" or key.startswith("hydra."):
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        chosen[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return chosen
 
 
 class RunLog:
-    """TensorBoard scalars plus `metrics.json` (rewritten atomically after every epoch)."""
+    """`metrics.json` (rewritten atomically after every epoch), the start-up summary, and every
+    event fanned out to the loggers the config chose (nettrain.loggers)."""
 
     def __init__(self, run_dir: Path, cfg: DictConfig, seed: int, resume_step: int | None = None) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from nettrain.loggers import build_loggers
 
-        self.run_dir = run_dir
+        self.run_dir, self.cfg, self.resume_step = run_dir, cfg, resume_step
         self.path = run_dir / "metrics.json"
-        # On resume, events the killed process logged after its last checkpoint are purged, so the
-        # curves show each step once. Every scalar is logged against the optimizer step for this.
-        self.writer = SummaryWriter(str(run_dir), purge_step=resume_step)
-        self.writer.add_custom_scalars(LAYOUT)
+        chosen = cfg.get("logger")
+        self.loggers = build_loggers(OmegaConf.to_container(chosen, resolve=True) if chosen is not None else None)
         self.record: dict[str, Any] = {"status": "running", "epochs": 0, "best_epoch": None, "best": {},
                                        "seed": seed, "environment": environment(), "history": []}
-        self.hparams = flat_hparams(cfg)
+        self.session_started, self.seconds_before = time.perf_counter(), 0.0
+        self.device = "cpu"
 
     def resume_from(self, record: dict[str, Any]) -> None:
         self.record.update({k: v for k, v in record.items() if k != "environment"})
+        self.seconds_before = float(record.get("total_seconds") or 0.0)
+
+    def start(self, facts: dict[str, Any], task: str) -> None:
+        """Show and record the start-up summary; start every logger (before the first step)."""
+        from nettrain.loggers import RunInfo
+        from nettrain.logs import console, labelled
+        from nettrain.summary import layers_table, startup_lines
+
+        facts["started"] = (self.record.get("run") or {}).get("started") or facts["started"]  # a resumed run's first start
+        self.record["run"] = facts
+        self.device = facts["device"]
+        for line in startup_lines(facts, self.run_dir):
+            label, _, value = line.partition("  ")
+            labelled(label, value.strip(), log=True)
+        console.print(layers_table(facts["model"]))
+        info = RunInfo(run_dir=self.run_dir, name=self.run_dir.name, task=task, params=user_choices(self.run_dir, self.cfg),
+                       config=OmegaConf.to_container(self.cfg, resolve=True), facts=facts, resume_step=self.resume_step,
+                       state=dict(self.record.get("loggers") or {}))
+        state = info.state
+        for logger in self.loggers:
+            state |= logger.start(info)
+        if state:
+            self.record["loggers"] = state
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
+        for logger in self.loggers:
+            logger.step(values, step)
+
+    def epoch(self, step: int) -> None:
+        """The epoch just added to the history, to every logger."""
+        for logger in self.loggers:
+            logger.epoch(self.record["history"], step)
 
     def text(self, tag: str, message: str, step: int) -> None:
-        self.writer.add_text(tag, message, step)
+        for logger in self.loggers:
+            logger.text(tag, message, step)
+
+    def confusion_matrix(self, outputs: Any, targets: Any, class_names: list[str], step: int) -> None:
+        """The best model's confusion matrix on the val split, as confusion_matrix.png and to the loggers."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from nettrain.evaluate import classification_metrics, confusion_figure
+
+        matrix = classification_metrics(outputs, targets, class_names)["confusion_matrix"]
+        figure = confusion_figure(matrix, class_names, f"confusion matrix: val split, best epoch ({len(targets)} samples)")
+        figure.savefig(self.run_dir / "confusion_matrix.png", dpi=120, bbox_inches="tight")
+        for logger in self.loggers:
+            logger.figure("confusion_matrix/val", figure, step)
+        plt.close(figure)
 
     def write(self, **fields: Any) -> None:
         self.record.update(fields)
+        self.record["total_seconds"] = round(self.seconds_before + time.perf_counter() - self.session_started, 3)
+        if self.device.startswith("cuda"):
+            import torch
+
+            peak = torch.cuda.max_memory_allocated(torch.device(self.device)) / 2**20
+            self.record["peak_gpu_memory_mb"] = round(max(peak, self.record.get("peak_gpu_memory_mb") or 0.0), 1)
         atomic_write_text(self.path, json.dumps(self.record, indent=2, default=float) + "\n")
 
     def close(self, final_metrics: dict[str, float]) -> None:
-        """Log hyperparameters with the final metrics (TensorBoard's HParams tab) into this run."""
-        from torch.utils.tensorboard.summary import hparams
+        """Finish every logger with the run's status and final metrics; those that keep files get
+        the best checkpoint and curves.png (drawn now)."""
+        files: dict[str, Path] = {}
+        if any(logger.wants_files for logger in self.loggers):
+            files = {"checkpoint": self.run_dir / "checkpoints" / "best.pt",
+                     "confusion_matrix": self.run_dir / "confusion_matrix.png"}
+            if self.record["history"]:
+                from nettrain.plot import write_curves
 
-        metrics = {f"hparam/{k}": v for k, v in final_metrics.items() if isinstance(v, (int, float))}
-        # add_hparams minus its experiment summary: TensorBoard takes one run's experiment summary as
-        # the whole logdir's, so in a sweep the HParams tab would show one (arbitrary) job's metrics and
-        # values only. Without it, TensorBoard builds the table from every run's session.
-        _, session_start, session_end = hparams(self.hparams, metrics)
-        for summary in (session_start, session_end):
-            self.writer.file_writer.add_summary(summary)
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value)
-        self.writer.close()
+                files["curves"] = write_curves(self.run_dir, self.run_dir / "curves.png")
+        for logger in self.loggers:
+            logger.finish(str(self.record["status"]), final_metrics, files)

@@ -20,13 +20,14 @@ from nettrain import distributed, runtime
 from nettrain.checkpoint import atomic_write_bytes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nettrain.config import monitor_mode
 from nettrain.data import DataContext, build_data
-from nettrain.logs import console, epoch_progress
+from nettrain.logs import console, epoch_line, epoch_progress, final_summary
 from nettrain.losses import build_loss
 from nettrain.metrics import RunningTotals, evaluate, summarize
 from nettrain.models import before_data, build_model
 from nettrain.optim import build_optimizer, build_scheduler
 from nettrain.overfit import memorizing
 from nettrain.rundir import remove_stale_temp_files
+from nettrain.summary import startup
 from nettrain.tracking import RunLog
 
 log = logging.getLogger("nettrain")
@@ -196,6 +197,8 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
         _repair_checkpoints(ckpt, run_dir / "checkpoints")
         runlog.resume_from(ckpt["record"])
         runlog.write(status="running")  # metrics.json as last.pt knows the run, whatever a kill left
+    if runlog is not None:
+        runlog.start(startup(cfg, rt, data, model, steps_per_epoch, channels_last), spec.task)
 
     train_model: torch.nn.Module = model
     if rt.distributed:
@@ -235,8 +238,8 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     with StopSignal() as stop, epoch_progress(enabled=rt.is_main) as bar, closing(data):
         for epoch in range(progress.epoch, t.max_epochs):
             model.train()
-            task = bar.add_task(f"epoch {epoch + 1}/{t.max_epochs}", total=batches_per_epoch, completed=progress.batch,
-                                loss="-", rate="-")
+            steps = bar.start(f"epoch {epoch + 1}/{t.max_epochs}", batches_per_epoch, completed=progress.batch,
+                              samples_per_step=samples_per_step, loss=totals.mean_loss)
             started, seen = time.perf_counter(), 0
             # overfit_batches: the same first batches every epoch (epoch 0's order), to check the model can learn.
             order = 0 if t.overfit_batches else epoch
@@ -254,6 +257,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
                     scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
                 totals.add(outputs, y, loss)
                 progress.batch, seen = i + 1, seen + 1
+                steps.advance()
                 diverged_at = guard.update(loss, progress.step + 1)
                 if diverged_at:
                     break
@@ -275,8 +279,6 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
                         break
                     if runlog is not None:
                         runlog.scalars({"loss/train_step": loss.item(), "lr": scheduler.get_last_lr()[0]}, progress.step)
-                    rate = seen * samples_per_step / (time.perf_counter() - started)
-                    bar.update(task, completed=i + 1, loss=f"{loss.item():.4f}", rate=f"{rate:,.0f}")
                 # Ranks stop together: they agree on it (a collective, so under DDP only at log steps).
                 if not rt.distributed or progress.step % log_every == 0:
                     stopping = distributed.any_rank(stop.signum is not None, rt)
@@ -284,7 +286,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
                         break
                 if ckpt_every and progress.step % ckpt_every == 0:
                     save_last()
-            bar.remove_task(task)
+            steps.close()
             diverged_at = diverged_at or guard.check()
             if diverged_at:
                 status = "diverged"
@@ -339,11 +341,17 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
         # The final model is the best one, not the last (which may be past the point of overfitting).
         eval_model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt")["model"])
     result["model"] = eval_model
+    if runlog is not None and spec.task == "classification" and progress.best_epoch and status != "interrupted" \
+            and not rt.distributed:  # one rank holds only its shard of the val split
+        _, outputs, targets = evaluate(eval_model, data.val, criterion, device=rt.device, task=spec.task,
+                                       autocast=rt.autocast, limit=t.limit_val_batches, collect=True)
+        if targets is not None and targets.dim() == 1:  # single-label: multi-label has no confusion matrix
+            runlog.confusion_matrix(outputs, targets, spec.class_names, progress.step)
     if runlog is not None:
         runlog.write(status=status, **({"error": result["error"]} if "error" in result else {}),
                      **({"resume_command": f"nettrain train resume={run_dir}"} if status == "interrupted" else {}))
         runlog.close({k: v for k, v in runlog.record["best"].items()} | {"epochs": runlog.record["epochs"]})
-        _summary(result, runlog.record, run_dir)
+        final_summary(result, runlog.record, run_dir)
     return result
 
 
@@ -361,16 +369,13 @@ def _restore(ckpt: dict[str, Any], model: torch.nn.Module, ema: torch.nn.Module 
 
 def _log_epoch(runlog: RunLog, record: dict[str, Any], train: dict[str, float], val: dict[str, float],
                progress: Progress, monitor: Monitor, cfg: DictConfig, improved: bool) -> None:
-    """An epoch's record into TensorBoard, metrics.json's history and the console (with any overfitting warning)."""
-    runlog.scalars({"loss/train": train["loss"], "loss/val": val["loss"], "lr": record["lr"],
-                    **{f"{k}/train": v for k, v in train.items() if k != "loss"},
-                    **{f"{k}/val": v for k, v in val.items() if k != "loss"}, "epoch": record["epoch"]},
-                   progress.step)
+    """An epoch's record into metrics.json's history, the loggers and the console (with any overfitting warning)."""
     history = runlog.record["history"] + [record]
     best_record = history[progress.best_epoch - 1] if progress.best_epoch else {}
     runlog.record.update(history=history, epochs=record["epoch"], best_epoch=progress.best_epoch,
                          best={k: v for k, v in best_record.items() if k.startswith("val_") or k == monitor.key})
-    log.info(_epoch_line(record, cfg.trainer.max_epochs, improved))
+    runlog.epoch(progress.step)
+    log.info(epoch_line(record, cfg.trainer.max_epochs, improved))
     warning = None if progress.overfit_warned else memorizing(history, cfg.early_stopping.overfit_patience)
     if warning:
         progress.overfit_warned = True
@@ -378,16 +383,6 @@ def _log_epoch(runlog: RunLog, record: dict[str, Any], train: dict[str, float], 
         runlog.text("warnings", warning, progress.step)
 
 
-def _epoch_line(r: dict[str, Any], max_epochs: int, improved: bool) -> str:
-    parts = [f"epoch {r['epoch']:>3}/{max_epochs}"]
-    for split in ("train", "val"):
-        parts.append(f"{split} loss {r[f'{split}_loss']:.4f}")
-        for k in ("accuracy", "rmse", "mae"):
-            if f"{split}_{k}" in r:
-                value = r[f"{split}_{k}"]
-                parts.append(f"{k[:3] if k == 'accuracy' else k} {value:.2%}" if k == "accuracy" else f"{k} {value:.4f}")
-    parts += [f"lr {r['lr']:.2e}", f"{r['seconds']:.1f}s"]
-    return "  ".join(parts) + ("  *" if improved else "")
 
 
 def _save_epoch(state: dict[str, Any], ckpt_dir: Path, progress: Progress, monitor: Monitor, top_k: int,
@@ -454,16 +449,3 @@ def _saved_epoch(path: Path) -> int | None:
     except Exception:  # noqa: BLE001 - missing, torn or foreign: all mean "repair it"
         return None
 
-
-def _summary(result: dict[str, Any], record: dict[str, Any], run_dir: Path) -> None:
-    best = record.get("best", {})
-    metrics = "  ".join(f"{k} {v:.4f}" for k, v in best.items() if k in ("val_loss", "val_accuracy", "val_rmse", "val_mae"))
-    color = {"completed": "green", "stopped_early": "green", "interrupted": "yellow"}.get(result["status"], "red")
-    console.print(f"[bold {color}]{result['status']}[/] after {record['epochs']} epoch(s)")
-    if result.get("best_epoch"):
-        console.print(f"  best epoch   {result['best_epoch']}  {metrics}")
-        console.print(f"  checkpoint   {run_dir / 'checkpoints' / 'best.pt'}")
-    console.print(f"  run dir      {run_dir}")
-    console.print(f"  tensorboard  tensorboard --logdir {run_dir}")
-    if result["status"] == "interrupted":
-        console.print(f"  resume with  [bold]nettrain train resume={run_dir}[/]")

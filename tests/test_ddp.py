@@ -42,7 +42,7 @@ def run_dirs(tmp_path) -> list:
 def test_two_processes_match_one_process_through_a_resume(tmp_path, one_process, capfd):
     assert run_in_process("train", "trainer.devices=2", "data.batch_size=32", *RUN, "trainer.max_epochs=2") == 0
     (run_dir,) = run_dirs(tmp_path)
-    assert capfd.readouterr().err.count("epoch   1/2") == 1  # only rank 0 logs
+    assert capfd.readouterr().err.count("epoch 1/2") == 1  # only rank 0 logs
     assert run_in_process("train", f"resume={run_dir}", "trainer.max_epochs=3") == 0
     assert run_dirs(tmp_path) == [run_dir]
     m = metrics(run_dir)
@@ -122,7 +122,7 @@ def test_torchrun_runs_one_job_and_its_ranks_stop_early_together(tmp_path):
     m = metrics(run_dir)
     assert m["status"] == "stopped_early" and m["epochs"] == 2
     assert (run_dir / "checkpoints" / "best.pt").is_file()
-    assert proc.stderr.count("epoch   1/5") == 1
+    assert proc.stderr.count("epoch 1/5") == 1
 
 
 def test_bad_data_parallel_settings_are_refused_in_one_line(tmp_path, monkeypatch, capsys):

@@ -93,7 +93,7 @@ def test_help_of_the_after_training_commands_imports_no_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "usage: nettrain eval ckpt=PATH" in proc.stdout and "usage: nettrain plot RUN_DIR" in proc.stdout
+    assert "usage: nettrain eval [ckpt=]PATH" in proc.stdout and "usage: nettrain plot [run=]RUN_DIR" in proc.stdout
 
 
 def test_eval_and_predict_of_a_regression_model_report_rmse_mae_r2_and_values(tmp_path, capsys):

@@ -32,8 +32,11 @@ def test_the_figure_has_train_and_val_loss_and_accuracy_and_marks_the_best_epoch
     record = metrics(run_dir)
     best = record["best_epoch"]
     figure = curves_figure(record["history"], best, "run")
-    loss, accuracy = figure.axes
-    assert [ax.get_title() for ax in figure.axes] == ["loss: train vs val", "accuracy: train vs val"]
+    loss, accuracy, lr = figure.axes
+    assert [ax.get_title() for ax in figure.axes] == ["loss: train vs val", "accuracy: train vs val", "learning rate"]
+    assert list(lr.lines[0].get_ydata()) == [r["lr"] for r in record["history"]] and lr.get_yscale() == "log"
+    assert loss.get_yscale() == "linear"
+    assert curves_figure(record["history"], best, "run", log_loss=True).axes[0].get_yscale() == "log"
     for ax, key in ((loss, "loss"), (accuracy, "accuracy")):
         train_line, val_line = ax.lines[:2]
         assert list(val_line.get_ydata()) == [r[f"val_{key}"] for r in record["history"]]
@@ -48,6 +51,19 @@ def test_plot_of_a_regression_run_shows_rmse():
                 "train_mae": 0.8 / e, "val_mae": 0.9 / e} for e in (1, 2, 3)]
     figure = curves_figure(history, 3, "regression")
     assert [ax.get_title() for ax in figure.axes] == ["loss: train vs val", "rmse: train vs val"]
+
+
+def test_the_title_is_the_runs_name_and_a_sweep_job_dir_works(tmp_path):
+    from nettrain.plot import run_title
+
+    sweep = tmp_path / "sweep"
+    assert run_in_process("train", "-m", "optimizer.lr=0.01", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}") == 0
+    (job,) = sweep.glob("0_*")
+    assert "=" in job.name
+    assert run_title(job) == f"mlp: {job.name}\noptimizer.lr=0.01 trainer.max_epochs=1"
+    for args in ([str(job)], [f"run={job}"]):
+        assert run_in_process("plot", *args, "log_loss=true") == 0
+    assert (job / "curves.png").is_file()
 
 
 def test_plot_bad_inputs_end_with_one_line_and_exit_2(run_dir, tmp_path, capsys):

@@ -28,7 +28,7 @@ def outputs(tmp_path_factory) -> dict[str, object]:
 
 def rows(out: str) -> list[str]:
     """The table's data rows (the lines that start with a date)."""
-    return [line for line in out.splitlines() if re.match(r"\W*\d{4}-\d{2}-\d{2} \d{2}:\d{2}", line)]
+    return [line for line in out.splitlines() if re.match(r"\W*\d{2}-\d{2} \d{2}:\d{2}", line)]
 
 
 def test_runs_lists_newest_first_with_status_and_best_metrics(outputs, capsys):
@@ -61,7 +61,8 @@ def test_runs_defaults_to_outputs_in_the_current_dir(outputs, monkeypatch, capsy
 @pytest.mark.parametrize("args, error", [
     (["outputs", "--sort", "val_acc"], "invalid --sort='val_acc': allowed: val_loss, val_accuracy, val_rmse, val_mae"),
     (["no/such/dir"], "no such directory: no/such/dir (runs are listed from a dir such as outputs)"),
-    (["outputs", "colour=red"], "unknown argument colour=...; allowed: dir, sort"),
+    (["outputs", "sortt=val_loss"], "unknown argument sortt=...; did you mean sort? allowed: dir, sort, json"),
+    (["outputs", "colour=red"], "unknown argument colour=...; allowed: dir, sort, json"),
 ])
 def test_bad_runs_arguments_are_one_line_errors(args, error, outputs, monkeypatch, capsys):
     monkeypatch.chdir(outputs["root"].parent)
@@ -71,4 +72,31 @@ def test_bad_runs_arguments_are_one_line_errors(args, error, outputs, monkeypatc
 
 def test_runs_help(capsys):
     assert run_in_process("runs", "--help") == 0
-    assert "usage: nettrain runs [DIR] [--sort METRIC]" in capsys.readouterr().out
+    assert "usage: nettrain runs [[dir=]DIR] [sort=METRIC] [--json]" in capsys.readouterr().out
+
+
+def test_runs_json_and_a_sweep_job_dir_whose_name_holds_equals(outputs, capsys):
+    import json
+
+    job = outputs["sweep"]
+    assert "=" in job.name
+    assert run_in_process("runs", str(job), "--json") == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["run_dir"] == str(job) and listed["status"] == "diverged"
+    assert listed["overrides"][0] == "optimizer.lr=1e+30"
+    assert run_in_process("runs", f"dir={job}", "json=true") == 0
+    assert json.loads(capsys.readouterr().out)[0]["run_dir"] == str(job)
+
+
+def test_the_runs_table_folds_into_80_columns_without_cutting_values(outputs):
+    import io
+
+    from rich.console import Console
+
+    from nettrain.runs import find_runs, runs_table
+
+    out = Console(file=io.StringIO(), width=80, color_system=None)
+    out.print(runs_table(find_runs(outputs["root"]), outputs["root"]))
+    text = out.file.getvalue()
+    assert max(map(len, text.splitlines())) <= 80 and "…" not in text
+    assert "diverged" in text and "completed" in text

@@ -64,12 +64,14 @@ def test_six_job_sweep_with_a_diverging_job_completes_the_others(tmp_path, capsy
     assert "6 jobs, best val_loss first" in err and "job 5 diverged: training diverged" in err
     assert f"tensorboard --logdir {sweep}" in err and "resume" not in err  # a diverged job would diverge again
 
-    # TensorBoard: every job (a run named by its overrides) has its hyperparameters for the HParams tab.
+    # TensorBoard: every job (a run named by its overrides) has its choices for the HParams tab: the
+    # config groups and the overrides, not every default.
     for job in jobs:
         assert re.fullmatch(r"\d_optimizer\.lr=[0-9.e+-]+,trainer\.limit_train_batches=3,trainer\.max_epochs=1", job.name)
         hparams = session_hparams(job)
         assert hparams["optimizer.lr"] == pytest.approx(float(job.name.split("=")[1].split(",")[0]))
-        assert hparams["model.name"] == "mlp"
+        assert hparams["model"] == "mlp" and "trainer.log_every_n_steps" not in hparams
+        assert not any(k.endswith("_partial_") for k in hparams)
 
 
 def test_a_job_with_a_bad_value_fails_alone(tmp_path):
@@ -247,8 +249,9 @@ def test_slurm_launcher_config_composes(capsys):
 
 def test_run_and_job_dirs_never_collide(capsys):
     assert run_in_process("train", "--cfg", "hydra", "--resolve", "-p", "hydra.run.dir") == 0
-    # Microseconds in a run's dir: runs started in the same second get their own.
-    assert re.search(r"outputs/\d{4}-\d{2}-\d{2}/\d{2}-\d{2}-\d{2}-\d{6}$", capsys.readouterr().out.strip())
+    # Microseconds in a run's dir: runs started in the same second get their own; the name (experiment or
+    # model) ends it, so TensorBoard names runs readably.
+    assert re.search(r"outputs/\d{4}-\d{2}-\d{2}/\d{2}-\d{2}-\d{2}-\d{6}_mlp$", capsys.readouterr().out.strip())
     assert run_in_process("train", "--cfg", "hydra", "-p", "hydra.sweep") == 0
     sweep = OmegaConf.create(capsys.readouterr().out)
     assert OmegaConf.to_container(sweep)["subdir"].startswith("${hydra.job.num}_")  # jobs of one sweep: numbered

@@ -37,9 +37,7 @@ def decode_each(files: Sequence[Path], image_size: int, channels: int, descripti
                 ) -> Iterator[tuple[int, Tensor | BadImageError]]:
     """(index, uint8 image or the error) for every file, decoded on a thread per core (Pillow
     releases the GIL while decoding and resizing), with a progress bar on a terminal."""
-    from rich.progress import track
-
-    from nettrain.logs import console
+    from nettrain.logs import step_bar
     from nettrain.runtime import available_cores
 
     def one(path: Path) -> Tensor | BadImageError:
@@ -48,10 +46,10 @@ def decode_each(files: Sequence[Path], image_size: int, channels: int, descripti
         except BadImageError as e:
             return e
 
-    with ThreadPoolExecutor(max_workers=available_cores()) as pool:
-        results = pool.map(one, files)
-        yield from enumerate(track(results, total=len(files), description=description, console=console,
-                                   transient=True, disable=not console.is_terminal))
+    with ThreadPoolExecutor(max_workers=available_cores()) as pool, step_bar(description, len(files)) as bar:
+        for i, result in enumerate(pool.map(one, files)):
+            yield i, result
+            bar.advance()
 
 
 def default_cache_dir(root: Path) -> Path:

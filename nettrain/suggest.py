@@ -1,0 +1,78 @@
+"""Did-you-mean for Hydra's refusals: `trainer.max_epoch=3` -> "did you mean trainer.max_epochs?".
+
+Hydra says only "Could not override 'trainer.max_epoch'"; the keys it could have meant are those
+of configs/ (every option of every group, so a key of a group option not chosen is still found).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+_OVERRIDE = re.compile(r"Could not override '([^']+)'")
+_LOAD = re.compile(r"Could not load '([^']+)/([^'/]+)'")
+# Groups whose options are `# @package _global_` files: their keys are other groups' keys.
+_GLOBAL_GROUPS = ("experiment", "debug", "hparams_search", "hydra")
+
+
+def configs_dir() -> Path:
+    import nettrain.configs
+
+    return Path(nettrain.configs.__file__).parent
+
+
+def _flatten(node: Any, prefix: str, out: set[str]) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not str(key).startswith("_"):
+                out.add(f"{prefix}{key}")
+                _flatten(value, f"{prefix}{key}.", out)
+
+
+@cache
+def known_keys() -> tuple[str, ...]:
+    """Every config key and group name nettrain's configs define (dotted)."""
+    root = configs_dir()
+    keys: set[str] = set()
+    for path in root.glob("*.yaml"):  # the primary configs: train, lr_find, check_data
+        primary = OmegaConf.to_container(OmegaConf.load(path)) or {}
+        _flatten({k: v for k, v in primary.items() if k not in ("defaults", "hydra")}, "", keys)
+    for group in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+        keys.add(group.name)
+        if group.name in _GLOBAL_GROUPS:
+            continue
+        for option in group.glob("*.yaml"):
+            _flatten(OmegaConf.to_container(OmegaConf.load(option)) or {}, f"{group.name}.", keys)
+    return tuple(sorted(keys))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (configs_dir() / group).glob("*.yaml"))
+
+
+def nearest(word: str, candidates: list[str] | tuple[str, ...]) -> str | None:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def explain(error: BaseException) -> str | None:
+    """One line for a Hydra composition error that names a mistyped key or option, else None."""
+    text = str(error)
+    match = _OVERRIDE.search(text)
+    if match:
+        key = match.group(1)
+        guess = nearest(key, known_keys())
+        hint = f"did you mean {guess}?" if guess else f"to add a new key use +{key}=..."
+        return f"unknown key {key}: {hint} (`nettrain train --cfg job` prints every key)"
+    match = _LOAD.search(text)
+    if match and (configs_dir() / match.group(1)).is_dir():
+        group, name = match.groups()
+        options = group_options(group)
+        guess = nearest(name, options)
+        return f"unknown {group}={name};" + (f" did you mean {guess}?" if guess else "") + f" allowed: {', '.join(options)}"
+    return None
