@@ -23,6 +23,9 @@ MODELS: dict[str, str] = {
     "resnet18": "nettrain.models.vision:resnet18",
     "resnet34": "nettrain.models.vision:resnet34",
     "resnet50": "nettrain.models.vision:resnet50",
+    "transformer": "nettrain.models.text:transformer",
+    "bag": "nettrain.models.text:bag",
+    "hf": "nettrain.models.hf:hf",
 }
 
 
