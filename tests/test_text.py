@@ -244,6 +244,9 @@ def test_export_onnx_with_dynamic_batch_and_length_and_the_tokenizer_beside_it(t
     ids = np.array([e.ids for e in tokenizer.encode_batch(texts)], dtype=np.int64)
     logits = session.run([meta["output_name"]], {meta["input_name"]: ids})[0]
     assert [meta["class_names"][i] for i in logits.argmax(-1)] == ["card", "refund"]
+    assert run_in_process("export", f"ckpt={text_run}", "format=torchscript", f"output={tmp_path / 'intent.pt'}") == 0
+    scripted = torch.jit.load(str(tmp_path / "intent.pt"))
+    assert torch.allclose(scripted(torch.from_numpy(ids)), torch.from_numpy(logits), atol=1e-4)
 
 
 def test_check_data_reports_lengths_duplicates_and_leakage(tmp_path, capsys):
