@@ -61,6 +61,10 @@ def _report(cfg: DictConfig, out: Console) -> list[str]:
         return image_report(cfg, out)
     if cfg.data.name == "csv":
         return csv_report(cfg, out)
+    if cfg.data.name == "text":
+        from nettrain.check_text import text_report
+
+        return text_report(cfg, out)
     return tensor_report(cfg, out)
 
 

@@ -104,12 +104,33 @@ RULES: list[Rule] = [
     ("data.mean", lambda v: _numbers(v) and all(0 <= m <= 1 for m in v), "must be a list of numbers in [0, 1], one per channel"),
     ("data.std", lambda v: _numbers(v) and all(s > 0 for s in v), "must be a list of numbers > 0, one per channel"),
     ("data.class_weights", _one_of(None, "balanced"), "allowed: null, balanced"),
-    ("data.path", _name, "must be the path of a CSV file"),
+    ("data.path", _optional(_name), "must be the path of a file"),
     ("data.target", _name, "must be the name of a column of data.path"),
     ("data.features", _optional(_names), "must be null (every column but the target) or a list of column names"),
     ("data.drop", _names, "must be a list of column names, e.g. [id,date]"),
     ("data.categorical", _names, "must be a list of column names, e.g. [city,model]"),
     ("data.task", _one_of("auto", "classification", "regression"), "allowed: auto, classification, regression"),
+    # data=text
+    ("data.text", _name, "must be the name of the text column"),
+    ("data.val_path", _optional(_name), "must be null or the path of a file"),
+    ("data.test_path", _optional(_name), "must be null or the path of a file"),
+    ("data.on_bad_row", _one_of("skip", "error"), "allowed: skip, error"),
+    ("data.tokenizer", _optional(_name), "must be null, a tokenizer.json, a nettrain checkpoint or a Hugging Face model"),
+    ("data.algorithm", _one_of("wordpiece", "bpe"), "allowed: wordpiece, bpe"),
+    ("data.vocab_size", lambda v: _int(v) and v >= 10, "must be an integer >= 10"),
+    ("data.min_frequency", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
+    ("data.lowercase", _one_of(True, False), "allowed: true, false"),
+    ("data.max_length", lambda v: _int(v) and v >= 2, "must be an integer >= 2 (tokens)"),
+    # model=transformer, bag, hf
+    ("model.dim", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
+    ("model.layers", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
+    ("model.heads", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
+    ("model.ff_dim", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
+    ("model.pooling", _one_of("mean", "first"), "allowed: mean, first"),
+    ("model.attention_dropout", lambda v: _number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
+    ("model.ngrams", lambda v: _int(v) and v >= 1, "must be an integer >= 1 (1 = words only)"),
+    ("model.buckets", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
+    ("model.encoder", _name, "must be a Hugging Face model name or folder"),
     ("model.dropout", lambda v: _number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
     ("model.hidden", _int_list, "must be a non-empty list of integers >= 1, e.g. [256,128]"),
     ("model.channels", _int_list, "must be a non-empty list of integers >= 1, e.g. [32,64]"),
@@ -157,7 +178,9 @@ RULES: list[Rule] = [
 
 # Keys holding paths that must exist before a run starts, and what they are for.
 PATH_KEYS = {
-    "data.path": "a CSV file",
+    "data.path": "a data file",
+    "data.val_path": "a data file",
+    "data.test_path": "a data file",
     "model.init_from": "a nettrain checkpoint or run dir",
     "resume": "a run dir or checkpoint",
 }
@@ -170,13 +193,20 @@ def absolute(path: str) -> str:
 
 # Paths a run records in its config: made absolute before it starts, so the checkpoint's config
 # means the same files from any directory (eval, predict, resume, fine-tuning).
-RECORDED_PATHS = ("data.root", "data.path", "data.cache_dir", "model.init_from", "model.pretrained", "resume")
+RECORDED_PATHS = ("data.root", "data.path", "data.val_path", "data.test_path", "data.cache_dir", "model.init_from",
+                  "model.pretrained", "resume")
+# Keys that take a local path or a Hugging Face model name: made absolute only when the path exists.
+NAMES_OR_PATHS = ("data.tokenizer", "model.encoder")
 
 
 def absolute_paths(cfg: DictConfig) -> None:
     for key in RECORDED_PATHS:
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, str) and not (key == "model.pretrained" and value == "imagenet"):
+            OmegaConf.update(cfg, key, absolute(value))
+    for key in NAMES_OR_PATHS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, str) and os.path.exists(absolute(value)):
             OmegaConf.update(cfg, key, absolute(value))
 
 
@@ -264,7 +294,7 @@ def validate(cfg: DictConfig) -> None:
         if value is not _ABSENT and not check(value):
             raise invalid(key, value, allowed)
     data = cfg.get("data")
-    if data is not None and "root" in data:
+    if data is not None and data.get("root") is not None:
         if not data.get("download", False) and not Path(absolute(data.root)).exists():
             raise invalid("data.root", data.root, "no such directory (give an existing folder)")
     for key, what in PATH_KEYS.items():

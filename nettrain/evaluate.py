@@ -51,6 +51,7 @@ examples:
 DEFAULTS: dict[str, Any] = {"ckpt": None, "split": "val", "output": None, "device": "auto", "json": False}
 SPLITS = ("val", "test")
 MAX_CLASSES_SHOWN = 20  # larger confusion matrices go to the PNG only, without numbers in the cells
+TOP_CONFUSIONS = 15     # listed instead of a matrix too large to read
 
 
 @dataclass
@@ -132,9 +133,17 @@ def classification_metrics(outputs: Tensor, targets: Tensor, class_names: list[s
     precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=labels, zero_division=0)
     per_class = {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                  for name, p, r, f, s in zip(class_names, precision, recall, f1, support)}
+    matrix = confusion_matrix(truth, predicted, labels=labels).tolist()
     return {"macro_precision": float(precision.mean()), "macro_recall": float(recall.mean()),
-            "macro_f1": float(f1.mean()), "per_class": per_class,
-            "confusion_matrix": confusion_matrix(truth, predicted, labels=labels).tolist()}
+            "macro_f1": float(f1.mean()), "per_class": per_class, "confusion_matrix": matrix,
+            "top_confusions": top_confusions(matrix, class_names)}
+
+
+def top_confusions(matrix: list[list[int]], class_names: list[str], k: int = TOP_CONFUSIONS) -> list[dict[str, Any]]:
+    """The k most frequent mistakes, as {true, predicted, count}, most frequent first."""
+    mistakes = [(n, i, j) for i, row in enumerate(matrix) for j, n in enumerate(row) if i != j and n]
+    return [{"true": class_names[i], "predicted": class_names[j], "count": n}
+            for n, i, j in sorted(mistakes, key=lambda m: (-m[0], m[1], m[2]))[:k]]
 
 
 def regression_metrics(predicted: Tensor, targets: Tensor) -> dict[str, float]:
@@ -210,6 +219,13 @@ def print_report(result: Evaluation) -> None:
         for i, (name, row) in enumerate(zip(names, m["confusion_matrix"])):
             cm.add_row(name, *(f"[bold green]{v}[/]" if i == j else str(v) for j, v in enumerate(row)))
         out.print(cm)
+    elif m["top_confusions"]:
+        confusions = Table(title=f"top confusions ({len(names)} classes: the full matrix is in confusion_matrix.png)")
+        for column in ("true", "predicted", "count"):
+            confusions.add_column(column, justify="right" if column == "count" else "left")
+        for c in m["top_confusions"]:
+            confusions.add_row(c["true"], c["predicted"], str(c["count"]))
+        out.print(confusions)
 
 
 def _eval(argv: list[str]) -> int:

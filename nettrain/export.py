@@ -68,12 +68,12 @@ def export_checkpoint(ckpt: str | Path, fmt: str = "onnx", output: str | Path | 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn(2, *loaded.spec.input_shape, generator=generator)
+    example = sample_input(loaded.spec, 2, 0, generator)
     try:
-        (_onnx if fmt == "onnx" else _torchscript)(loaded.model, example, tmp)
+        (_onnx if fmt == "onnx" else _torchscript)(loaded.model, example, tmp, _is_text(loaded.spec))
         run = _onnx_runner(tmp) if fmt == "onnx" else _torchscript_runner(tmp)
-        diff = max_abs_diff(loaded.model, run, [torch.randn(n, *loaded.spec.input_shape, generator=generator)
-                                                for n in CHECK_BATCH_SIZES])
+        diff = max_abs_diff(loaded.model, run, [sample_input(loaded.spec, n, i + 1, generator)
+                                                for i, n in enumerate(CHECK_BATCH_SIZES)])
         if not diff <= TOLERANCE:
             raise ExportCheckError(f"the {fmt} export does not match the PyTorch model: max abs diff {diff:.3g} > "
                                    f"{TOLERANCE:g} on sample inputs; nothing written")
@@ -83,6 +83,8 @@ def export_checkpoint(ckpt: str | Path, fmt: str = "onnx", output: str | Path | 
     info = describe(loaded, fmt, target, diff)
     from nettrain.checkpoint import atomic_write_text
 
+    if _is_text(loaded.spec):  # the tokenizer beside the model, ready for tokenizers.Tokenizer.from_file
+        atomic_write_text(target.parent / info["preprocessing"]["tokenizer_file"], loaded.spec.preprocessing["tokenizer"])
     atomic_write_text(target.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
     return target, info
 
@@ -95,7 +97,26 @@ def _output_path(loaded: Loaded, fmt: str, output: str | Path | None) -> Path:
     return path / name if path.is_dir() else path
 
 
-def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def _is_text(spec: Any) -> bool:
+    return spec.preprocessing.get("kind") == "text"
+
+
+def sample_input(spec: Any, batch: int, variant: int, generator: torch.Generator) -> torch.Tensor:
+    """A batch like the model's inputs: random values, or for text random token ids of a length
+    that differs per variant (proving the sequence axis dynamic), the first row padded at the end."""
+    import torch
+
+    if not _is_text(spec):
+        return torch.randn(batch, *spec.input_shape, generator=generator)
+    pre = spec.preprocessing
+    length = min((8, 5, 13)[variant % 3], spec.input_shape[0])
+    ids = torch.randint(0, pre["vocab_size"], (batch, length), generator=generator)
+    ids[ids == pre["pad_id"]] = (pre["pad_id"] + 1) % pre["vocab_size"]
+    ids[0, length // 2 + 1:] = pre["pad_id"]
+    return ids
+
+
+def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, text: bool = False) -> None:
     import torch
 
     try:
@@ -108,17 +129,20 @@ def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
+                          dynamic_shapes=({0: torch.export.Dim("batch"), **({1: torch.export.Dim("sequence")} if text else {})},),
+                          dynamo=True, verbose=False,
                           external_data=False)  # one self-contained file (models up to protobuf's 2 GB)
     except Exception as e:  # noqa: BLE001 - the exporter raises many kinds; the first line names the op
         raise ExportCheckError(f"torch.onnx.export failed: {_first_line(e)}") from None
 
 
-def _torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def _torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, text: bool = False) -> None:
     import torch
 
     with _jit_deprecation_silenced():
-        traced = torch.jit.trace(model, example)
+        # A Transformer's graph differs between its trace and jit's re-trace (the attention fast path);
+        # the export is checked against PyTorch at other batch sizes and lengths below instead.
+        traced = torch.jit.trace(model, example, check_trace=not text)
     traced.save(str(path))
 
 
@@ -159,13 +183,19 @@ def describe(loaded: Loaded, fmt: str, target: Path, diff: float) -> dict[str, A
     from nettrain.models import describe
 
     spec = loaded.spec
+    text = _is_text(spec)
+    preprocessing = spec.preprocessing
+    if text:  # the tokenizer goes to its own file: a JSON string inside this JSON would be unreadable
+        preprocessing = {k: v for k, v in preprocessing.items() if k != "tokenizer"} | {
+            "tokenizer_file": target.name.split(".")[0] + ".tokenizer.json"}
     return {
         "format": fmt, "model_file": target.name, "checkpoint": str(loaded.path), "model": describe(loaded.config.model),
-        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "input_shape": ["batch", *spec.input_shape],
-        "dtype": "float32", "task": spec.task, "class_names": spec.class_names,
+        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+        "input_shape": ["batch", "sequence"] if text else ["batch", *spec.input_shape],
+        "dtype": "int64" if text else "float32", "task": spec.task, "class_names": spec.class_names,
         "outputs": ("one value per sample" if spec.task == "regression"
                     else "logits, one per class in class_names order; softmax gives probabilities"),
-        "preprocessing": spec.preprocessing, "max_abs_diff": diff, "tolerance": TOLERANCE,
+        "preprocessing": preprocessing, "max_abs_diff": diff, "tolerance": TOLERANCE,
     }
 
 

@@ -27,14 +27,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("nettrain")
 
 USAGE = """
-usage: nettrain predict [ckpt=]PATH input=FILE|DIR|CSV [top_k=N] [format=table|json|csv]
+usage: nettrain predict [ckpt=]PATH input=FILE|DIR|CSV | text="..." [top_k=N] [format=table|json|csv]
                         [batch_size=64] [device=auto|cpu|cuda] [model._target_=IMPORT.PATH]
 
 Predict the class of each input with its probabilities, using only what the checkpoint stores
 (class names, image size, normalization, tabular statistics). ckpt is a .pt file, or a run dir
 for its checkpoints/best.pt. input is an image, a folder of images (searched recursively), or
 for a model trained on tabular data a CSV file whose rows are predicted (each named FILE:LINE,
-the header being line 1). Unreadable inputs are reported on stderr and skipped.
+the header being line 1). For a model trained on text (data=text): text="..." predicts one text;
+input= a file of one text per line, or a .csv/.tsv/.jsonl file with the training text column (each
+named FILE:LINE). Unreadable inputs are reported on stderr and skipped.
 
   top_k=N       the N most probable classes per input (default: 3 in the table, all in JSON)
   format=table  a table on stdout (default); json: a list of {"input", "prediction",
@@ -47,9 +49,10 @@ examples:
   nettrain predict ckpt=outputs/2025-01-31/12-00-00 input=photo.jpg
   nettrain predict ckpt=outputs/2025-01-31/12-00-00 input=photos/ format=json > predictions.json
   nettrain predict ckpt=outputs/2025-01-31/12-00-00 input=new_rows.csv format=csv
+  nettrain predict ckpt=outputs/2025-01-31/12-00-00 text="my card was swallowed by the ATM"
 """
 
-DEFAULTS: dict[str, Any] = {"ckpt": None, "input": None, "top_k": None, "format": "table", "batch_size": 64,
+DEFAULTS: dict[str, Any] = {"ckpt": None, "input": None, "text": None, "top_k": None, "format": "table", "batch_size": 64,
                             "device": "auto"}
 FORMATS = ("table", "json", "csv")
 TABLE_TOP_K = 3
@@ -70,15 +73,19 @@ class Results:
     class_names: list[str]
 
 
-def predict(ckpt: str | Path, source: str | Path, *, batch_size: int = 64, device: str = "auto",
-            confirmed: dict[str, Any] | None = None) -> Results:
-    """Predictions for every readable input under `source` (a file, a folder, or a CSV of rows).
-    `confirmed`: the `model._target_` the user names (see `load_model`)."""
+def predict(ckpt: str | Path, source: str | Path | None, *, batch_size: int = 64, device: str = "auto",
+            text: str | None = None, confirmed: dict[str, Any] | None = None) -> Results:
+    """Predictions for every readable input under `source` (a file, a folder, or a CSV of rows), or
+    for `text` (a model trained on text). `confirmed`: the `model._target_` the user names (see `load_model`)."""
     loaded = load_model(ckpt, device, confirmed)
-    path = Path(absolute(str(source)))
-    if not path.exists():
-        raise invalid("input", str(source), "no such file or directory")
-    inputs, encode = _inputs(loaded, path, str(source))
+    if text is not None:
+        inputs, encode = _text_input(loaded, text)
+        path = Path("text")
+    else:
+        path = Path(absolute(str(source)))
+        if not path.exists():
+            raise invalid("input", str(source), "no such file or directory")
+        inputs, encode = _inputs(loaded, path, str(source))
     results = Results([], [], loaded.spec.class_names)
     from nettrain.logs import step_bar
 
@@ -101,19 +108,19 @@ def predict(ckpt: str | Path, source: str | Path, *, batch_size: int = 64, devic
 def _encode(chunk: list[tuple[str, Any]], encode: Callable[[list[Any]], Tensor],
             failures: list[tuple[str, str]]) -> tuple[list[str], Tensor | None]:
     """The readable inputs of `chunk` (names) as one batch; the unreadable ones go to `failures`."""
-    import torch
-
     try:
         return [name for name, _ in chunk], encode([raw for _, raw in chunk])
-    except UserError:  # some input is unreadable: encode one at a time to name it
-        names, rows = [], []
+    except UserError:  # some input is unreadable: try one at a time to name it, then batch the others
+        names, raws = [], []
         for name, raw in chunk:
             try:
-                rows.append(encode([raw]))
-                names.append(name)
+                encode([raw])
             except UserError as e:
                 failures.append((name, str(e)))
-        return names, torch.cat(rows) if rows else None
+                continue
+            names.append(name)
+            raws.append(raw)
+        return names, encode(raws) if raws else None
 
 
 def _inputs(loaded: Loaded, path: Path, given: str) -> tuple[list[tuple[str, Any]], Callable[[list[Any]], Tensor]]:
@@ -152,11 +159,24 @@ def _inputs(loaded: Loaded, path: Path, given: str) -> tuple[list[tuple[str, Any
         # Rows are named FILE:LINE (the header is line 1), as the encoder's errors name them.
         return [(f"{given}:{i + 2}", i) for i in range(len(table))], \
             lambda raws: encode_rows(table.iloc[raws], preprocessing)
+    if kind == "text":
+        from nettrain.data.text import encoder_for, predict_inputs
+
+        return predict_inputs(path, given, preprocessing), encoder_for(preprocessing)
     if "_target_" in loaded.config.data:
         raise UserError(f"{loaded.path} was trained on data._target_={loaded.config.data._target_}, whose config states no "
                         f"data.preprocessing: predict cannot turn files into its inputs (state it as {{kind: image, "
                         f"image_size, channels, mean, std}} in the data config for the next run, or call the model from Python)")
     raise UserError(f"{loaded.path} records no preprocessing (kind={kind!r}): cannot turn files into inputs for it")
+
+
+def _text_input(loaded: Loaded, text: str) -> tuple[list[tuple[str, Any]], Callable[[list[Any]], Tensor]]:
+    """`text="..."`: one input, named by itself."""
+    if loaded.spec.preprocessing.get("kind") != "text":
+        raise invalid("text", text, "this model was not trained on text: give input=FILE")
+    from nettrain.data.text import encoder_for
+
+    return [(text, text)], encoder_for(loaded.spec.preprocessing)
 
 
 def _predict_batch(loaded: Loaded, names: list[str], batch: Tensor) -> list[Prediction]:
@@ -225,8 +245,12 @@ def report_failures(failures: list[tuple[str, str]], total: int) -> None:
 
 
 def _predict(argv: list[str]) -> int:
-    args = parse_args(argv, DEFAULTS, required=("ckpt", "input"), paths=("ckpt", "input"), prefixes=("model.",),
+    args = parse_args(argv, DEFAULTS, required=("ckpt",), paths=("ckpt", "input", "text"), prefixes=("model.",),
                       positional="ckpt")
+    if args["input"] is None and args["text"] is None:
+        raise UserError('missing input=FILE|DIR (or text="..." for a model trained on text; see --help)')
+    if args["input"] is not None and args["text"] is not None:
+        raise UserError('give input=FILE|DIR or text="...", not both')
     one_of("format", args["format"], FORMATS)
     for key in ("top_k", "batch_size"):
         value = args[key]
@@ -234,7 +258,7 @@ def _predict(argv: list[str]) -> int:
             continue
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise invalid(key, value, "must be an integer >= 1")
-    results = predict(args["ckpt"], args["input"], batch_size=args["batch_size"], device=args["device"],
+    results = predict(args["ckpt"], args["input"], batch_size=args["batch_size"], device=args["device"], text=args["text"],
                       confirmed={"model": args.get("model")})
     total = len(results.predictions) + len(results.failures)
     report_failures(results.failures, total)

@@ -14,7 +14,7 @@ def test_extras_metadata_and_license():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     assert {"onnx", "sweep", "slurm", "mlflow", "wandb", "timm", "hf", "dev"} <= set(extras)
-    assert extras["dev"][0] == "nettrain[onnx,sweep,slurm,mlflow,wandb,timm]"  # what the tests import
+    assert extras["dev"][0] == "nettrain[onnx,sweep,slurm,mlflow,wandb,timm,hf]"  # what the tests import
     assert project["license"] == "MIT" and "MIT License" in (ROOT / "LICENSE").read_text()
     assert project["authors"] and any("Python :: 3.10" in c for c in project["classifiers"])
     assert "## [Unreleased]" in (ROOT / "CHANGELOG.md").read_text()

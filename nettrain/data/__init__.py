@@ -26,6 +26,7 @@ BUILDERS: dict[str, str] = {
     "fashion_mnist": "nettrain.data.standard",
     "cifar10": "nettrain.data.standard",
     "csv": "nettrain.data.tabular",
+    "text": "nettrain.data.text",
 }
 
 

@@ -167,4 +167,25 @@ class StreamLoader(_Planned):
             yield x, y
 
 
-Loader = TensorLoader | StreamLoader
+Loader = TensorLoader | StreamLoader  # a TextLoader is a TensorLoader
+
+
+class TextLoader(TensorLoader):
+    """Token ids [N, longest text] padded at the end, served like TensorLoader, with each batch cut
+    to its own longest text: a batch of short questions costs the model short sequences."""
+
+    def __init__(self, ids: Tensor, lengths: Tensor, y: Tensor, **kwargs: object) -> None:
+        super().__init__(ids, y, **kwargs)
+        self.lengths = lengths  # stays on the CPU: a batch's width is known without waiting for the device
+
+    def batches(self, epoch: int, start: int = 0, device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        plan = self.plan(epoch)[start:]
+        if not plan:
+            return
+        indices = torch.cat(plan).to(self.device, non_blocking=True).split([len(idx) for idx in plan])
+        for idx_cpu, idx in zip(plan, indices):
+            width = int(self.lengths.index_select(0, idx_cpu).max())
+            x, y = self.x[:, :width].index_select(0, idx), self.y.index_select(0, idx)
+            if device is not None:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            yield x, y

@@ -28,6 +28,9 @@ MODELS: dict[str, str] = {
     "inception_v3": "nettrain.models.vision:inception_v3",
     "googlenet": "nettrain.models.vision:googlenet",
     "timm": "nettrain.models.zoo:timm_model",
+    "transformer": "nettrain.models.text:transformer",
+    "bag": "nettrain.models.text:bag",
+    "hf": "nettrain.models.hf:hf",
 }
 
 
