@@ -15,9 +15,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from nettrain.models import describe
+from nettrain.runtime import Runtime
+
 if TYPE_CHECKING:
     from nettrain.data import Data
-    from nettrain.runtime import Runtime
 
 PRECISIONS = {None: "32", torch.bfloat16: "bf16", torch.float16: "16"}
 
@@ -58,16 +60,19 @@ def _rows(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 @torch.no_grad()
 def model_summary(model: nn.Module, input_shape: list[int], device: torch.device,
-                  channels_last: bool = False) -> dict[str, Any]:
+                  channels_last: bool = False, tokens: bool = False) -> dict[str, Any]:
     """Parameters (total, trainable), input shape, output size and each listed layer's output shape
     (the feature map sizes of a convnet) and parameters, from one forward pass of a zero batch of one
-    in eval mode (zeros and eval mode: it draws no random numbers and changes no statistics)."""
+    in eval mode (zeros and eval mode: it draws no random numbers and changes no statistics). A text
+    model (`tokens`) gets token ids: ones, a token that is not padding."""
     rows = _rows(model)
     shapes: dict[str, list[int] | None] = {}
     hooks = [module.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, _shape(o)))
              for name, module in rows]
     was_training = model.training
-    x = torch.zeros(1, *input_shape, device=device)
+    # A text model reads a few tokens (any length up to its longest works; a pretrained encoder's may be short).
+    x = (torch.ones(1, min(8, *input_shape), dtype=torch.long, device=device) if tokens
+         else torch.zeros(1, *input_shape, device=device))
     try:
         model.eval()
         output = model(x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x)
@@ -102,7 +107,8 @@ def startup(cfg: DictConfig, rt: Runtime, data: Data, model: nn.Module, steps_pe
                  "input_shape": list(spec.input_shape),
                  "samples": {split: loader.num_samples for split, loader in
                              (("train", data.train), ("val", data.val), ("test", data.test)) if loader is not None}},
-        "model": {"name": cfg.model.name, **model_summary(model, spec.input_shape, rt.device, channels_last)},
+        "model": {"name": describe(cfg.model), **model_summary(model, spec.input_shape, rt.device, channels_last,
+                                                                tokens=spec.preprocessing.get("kind") == "text")},
         "optimizer": {"name": optimizer, "lr": cfg.optimizer.lr, "weight_decay": cfg.optimizer.get("weight_decay")},
         "scheduler": cfg.scheduler.get("name", "none"),
         "batch_size": cfg.data.batch_size * rt.world_size,
