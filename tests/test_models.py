@@ -12,8 +12,11 @@ from nettrain.models import MODELS, build_model
 
 CONFIGS = {name: OmegaConf.load(f"{__import__('pathlib').Path(__file__).parents[1]}/configs/model/{name}.yaml")
            for name in MODELS}
-# Models that take any input size (the Inceptions and the timm zoo have tests of their own: test_zoo.py).
-ANY_SIZE = [name for name in MODELS if name not in ("inception_v3", "googlenet", "timm")]
+# Models of images and tables that take any input size (the Inceptions and the timm zoo have tests of
+# their own in test_zoo.py; the text models take token ids: test_text.py).
+TEXT_MODELS = ("transformer", "bag", "hf")
+ARRAY_MODELS = [name for name in MODELS if name not in TEXT_MODELS]
+ANY_SIZE = [name for name in ARRAY_MODELS if name not in ("inception_v3", "googlenet", "timm")]
 
 
 @pytest.mark.parametrize("name", ANY_SIZE)
@@ -30,7 +33,7 @@ def test_model_forward_and_backward(name, channels, size):
     assert all(p.grad is not None for p in model.head.parameters())
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", ARRAY_MODELS)
 def test_dropout_is_configurable_everywhere(name):
     cfg = OmegaConf.merge(CONFIGS[name], {"dropout": 0.3}, {"arch": "resnet10t"} if name == "timm" else {})
     size = 75 if name == "inception_v3" else 16
