@@ -32,8 +32,9 @@ usage: nettrain export [ckpt=]PATH [format=onnx|torchscript] [output=FILE|DIR] [
 Export a checkpoint (a .pt file, or a run dir for its checkpoints/best.pt) with a dynamic batch
 size. The export is checked against the PyTorch model on sample inputs (max abs diff reported, at
 most 1e-4, or 1e-4 x the largest output where outputs exceed 1) before anything is written.
-Beside the model, a .json file of the same name holds what a program needs to use it: input shape, preprocessing (image size, channels, mean, std, or
-the tabular statistics), class names, and the input/output names.
+Beside the model, a .json file of the same name holds what a program needs to use it: input
+shape, preprocessing (image size, channels, mean, std, or the tabular statistics), class names,
+and the input/output names.
 
 Default output: RUN_DIR/export/CKPT_NAME.onnx (or .torchscript.pt).
 A checkpoint of your own model (model._target_) is rebuilt only when you name the same
