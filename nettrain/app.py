@@ -167,6 +167,8 @@ def train_task(cfg: DictConfig) -> float:
     try:
         if _single_entry():
             rundir.lock(run_dir)  # before reading anything: a second process on this dir stops here
+        if multirun:  # a sweep's job dir is the sweep's: its summary lists every job, refused ones too
+            rundir.record_hydra_config(run_dir, composed)
         previous = read_metrics(run_dir)
         validate(cfg)
         check_added_keys(cfg, overrides)
@@ -189,7 +191,7 @@ def train_task(cfg: DictConfig) -> float:
                 from nettrain.checkpoint import load_checkpoint
 
                 ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-        if ckpt is None:
+        if ckpt is None and not multirun:
             rundir.record_hydra_config(run_dir, composed)  # a resumed run keeps its own record
         from nettrain.launch import launch
 

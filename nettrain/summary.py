@@ -103,7 +103,7 @@ def startup(cfg: DictConfig, rt: Runtime, data: Data, model: nn.Module, steps_pe
         "device": str(rt.device), "device_name": device_name(rt.device),
         "precision": PRECISIONS.get(rt.amp_dtype, str(rt.amp_dtype)),
         "threads": torch.get_num_threads(), "processes": rt.world_size,
-        "data": {"name": cfg.data.name, "task": spec.task, "classes": len(spec.class_names) or None,
+        "data": {"name": cfg.data.get("name") or cfg.data.get("_target_"), "task": spec.task, "classes": len(spec.class_names) or None,
                  "input_shape": list(spec.input_shape),
                  "samples": {split: loader.num_samples for split, loader in
                              (("train", data.train), ("val", data.val), ("test", data.test)) if loader is not None}},

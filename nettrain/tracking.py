@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nettrain import __version__
 from nettrain.checkpoint import atomic_write_text
+from nettrain.models import describe
 
 
 def environment() -> dict[str, Any]:
@@ -56,7 +57,7 @@ def user_choices(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
         choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
         overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
     except (OSError, ValueError, AttributeError, OmegaConfBaseException):
-        return {"model": cfg.model.name, "data": cfg.data.name}
+        return {"model": describe(cfg.model), "data": str(cfg.data.get("name") or cfg.data.get("_target_"))}
     for group, choice in choices.items():
         if not group.startswith("hydra/") and choice is not None:
             chosen[group] = str(choice)
