@@ -321,6 +321,8 @@ def test_hf_encoder_trains_with_its_own_tokenizer_and_predicts_without_its_folde
 def test_hf_encoder_offline_says_how_to_get_the_weights(tmp_path, capsys, monkeypatch):
     pytest.importorskip("transformers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # The hub reads the variable once, at import: an earlier test may have imported it already.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     path = texts_csv(tmp_path / "t.csv")
     assert run_in_process("train", *text_args(path), "model=hf", "model.encoder=no-such-org/no-such-model",
                           f"hydra.run.dir={tmp_path / 'runs' / 'r'}") == 2
