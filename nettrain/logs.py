@@ -39,11 +39,11 @@ def console_handler() -> logging.Handler:
 
 
 def setup_plain_logging() -> None:
-    """Logging for the commands that are not Hydra apps (eval, predict, export, ...)."""
+    """Logging for the commands that are not Hydra apps (eval, predict, export, ...): the console at
+    INFO, whatever an earlier command in this process left (a run's train.log, a worker's ERROR level)."""
     root = logging.getLogger()
-    if not root.handlers:
-        root.addHandler(console_handler())
-        root.setLevel(logging.INFO)
+    root.handlers[:] = [console_handler()]
+    root.setLevel(logging.INFO)
 
 
 # How often a bar's numbers are read and redrawn: a few times a second, whatever the step rate.
