@@ -336,3 +336,12 @@ def test_the_intents_recipe_runs(tmp_path):
     run_dir = train(tmp_path, "+experiment=text_intents", f"data.path={path}", "data.text=message", "data.target=intent",
                     "trainer.max_epochs=1", "trainer.limit_train_batches=2")
     assert metrics(run_dir)["status"] == "completed"
+
+
+@pytest.mark.parametrize("model, runtime", [(["model=bag", "model.buckets=1000", "model.dim=16"], "trainer.devices=2"),
+                                            (["model=transformer", *TINY], "trainer.precision=bf16")])
+def test_text_models_train_data_parallel_and_in_bf16(tmp_path, model, runtime):
+    path = texts_csv(tmp_path / "t.csv")
+    run_dir = train(tmp_path, *text_args(path), *model, "data.batch_size=8", "optimizer.lr=0.01", runtime, "trainer.max_epochs=3")
+    record = metrics(run_dir)
+    assert record["status"] == "completed" and record["history"][-1]["val_accuracy"] > 0.5
