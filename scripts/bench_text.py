@@ -1,7 +1,6 @@
 """Text classification: nettrain's recipes against TF-IDF + a linear SVM, on a train and a test file.
 
-    .venv/bin/python scripts/bench_text.py --train ../shared/data/text/trec_train.csv \
-        --test ../shared/data/text/trec_test.csv --target label-coarse
+    .venv/bin/python scripts/bench_text.py --train DIR/trec_train.csv --test DIR/trec_test.csv --target label-coarse
     .venv/bin/python scripts/bench_text.py ... --runs "+experiment=text_intents" "+experiment=text_intents model=bag"
 
 The baseline is scikit-learn's TfidfVectorizer (word 1-2 grams and char_wb 2-5 grams, sublinear tf)
@@ -65,8 +64,8 @@ def run(overrides: str, train: str, test: str, text: str, target: str, run_dir: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", required=True)
-    parser.add_argument("--test", required=True)
+    parser.add_argument("--train", required=True, help="a CSV/TSV/JSONL file of labelled texts (yours: nothing is bundled)")
+    parser.add_argument("--test", required=True, help="the file to score on, same columns")
     parser.add_argument("--text", default="text")
     parser.add_argument("--target", default="label")
     parser.add_argument("--runs", nargs="*", default=["+experiment=text_intents"])
