@@ -102,14 +102,8 @@ def image_report(cfg: DictConfig, out: Console) -> list[str]:
 
     out.print(f"[bold]{root}[/]  {sum(len(v) for v in splits.values()) + len(unreadable)} files, "
               f"{len(class_names)} classes, splits: {', '.join(splits)}")
-    table = Table(title="images per class")
-    table.add_column("class")
-    for name in splits:
-        table.add_column(name, justify="right")
     counts = {name: Counter(i.label for i in items if not i.error) for name, items in splits.items()}
-    for c, cls in enumerate(class_names):
-        table.add_row(cls, *(str(counts[name][c]) for name in splits))
-    out.print(table)
+    out.print(per_class_table("images per class", list(enumerate(class_names)), counts))
     train_counts = [counts["train"][c] for c in range(len(class_names))]
     imbalance = max(train_counts) / max(min(train_counts), 1)
     note = ("  [yellow]consider data.class_weights=balanced[/]" if imbalance >= IMBALANCE_WARNING else "")
@@ -260,6 +254,17 @@ def tensor_report(cfg: DictConfig, out: Console) -> list[str]:
             problems.append(f"{n} {name} sample(s) identical to training samples (leakage)")
     _summary(out, problems)
     return problems
+
+
+def per_class_table(title: str, classes: list[tuple[object, str]], counts: dict[str, Counter]) -> Table:
+    """A row per class, a column per split: `classes` are (key in the counts, name) pairs."""
+    table = Table(title=title)
+    table.add_column("class")
+    for split in counts:
+        table.add_column(split, justify="right")
+    for key, name in classes:
+        table.add_row(name, *(str(counts[split][key]) for split in counts))
+    return table
 
 
 def _list(out: Console, title: str, lines: list[str]) -> None:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from nettrain.check_data import IMBALANCE_WARNING, _list, _summary
+from nettrain.check_data import IMBALANCE_WARNING, _list, _summary, per_class_table
 from nettrain.data.text import BadRows, Texts, encode, labelled_splits, tokenizer_for
 
 PERCENTILES = (50, 90, 95, 99, 100)
@@ -29,14 +29,8 @@ def text_report(cfg: DictConfig, out: Console) -> list[str]:
     out.print(f"[bold]{source}[/]  {sum(len(s.texts) for s in splits.values())} texts, {len(classes)} classes, "
               f"splits: {', '.join(f'{name} {len(s.texts)}' for name, s in splits.items())}")
 
-    table = Table(title="texts per class")
-    table.add_column("class")
-    for name in splits:
-        table.add_column(name, justify="right")
     counts = {name: Counter(s.labels) for name, s in splits.items()}
-    for cls in classes:
-        table.add_row(cls, *(str(counts[name][cls]) for name in splits))
-    out.print(table)
+    out.print(per_class_table("texts per class", [(cls, cls) for cls in classes], counts))
     imbalance = max(counts["train"].values()) / max(min(counts["train"][c] for c in classes), 1)
     out.print(f"imbalance (largest / smallest training class): {imbalance:.1f}x"
               + ("  [yellow]consider data.class_weights=balanced[/]" if imbalance >= IMBALANCE_WARNING else ""))

@@ -89,13 +89,17 @@ class TensorLoader(_Planned):
             return
         # The epoch's indices cross to the data's device in one copy, not one per batch.
         indices = torch.cat(plan).to(self.device, non_blocking=True).split([len(idx) for idx in plan])
-        for i, idx in enumerate(indices, start):
-            x, y = self.x.index_select(0, idx), self.y.index_select(0, idx)
+        for i, (host_idx, idx) in enumerate(zip(plan, indices), start):
+            x, y = self.rows(host_idx, idx), self.y.index_select(0, idx)
             if device is not None:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if self.transform is not None:
                 x = self.transform(x, epoch, i)
             yield x, y
+
+    def rows(self, host_idx: Tensor, idx: Tensor) -> Tensor:
+        """The inputs of one batch (`idx` on the data's device, `host_idx` the same on the CPU)."""
+        return self.x.index_select(0, idx)
 
 
 class _PlanSampler:
@@ -178,14 +182,6 @@ class TextLoader(TensorLoader):
         super().__init__(ids, y, **kwargs)
         self.lengths = lengths  # stays on the CPU: a batch's width is known without waiting for the device
 
-    def batches(self, epoch: int, start: int = 0, device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-        plan = self.plan(epoch)[start:]
-        if not plan:
-            return
-        indices = torch.cat(plan).to(self.device, non_blocking=True).split([len(idx) for idx in plan])
-        for idx_cpu, idx in zip(plan, indices):
-            width = int(self.lengths.index_select(0, idx_cpu).max())
-            x, y = self.x[:, :width].index_select(0, idx), self.y.index_select(0, idx)
-            if device is not None:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            yield x, y
+    def rows(self, host_idx: Tensor, idx: Tensor) -> Tensor:
+        width = int(self.lengths.index_select(0, host_idx).max())
+        return self.x[:, :width].index_select(0, idx)
