@@ -83,11 +83,14 @@ def _inspect(info: ImageInfo) -> ImageInfo:
 
 
 def image_report(cfg: DictConfig, out: Console) -> list[str]:
+    from nettrain.data.image_defaults import choose_shape
     from nettrain.data.imagefolder import find_images
     from nettrain.data.labels import split_indices
     from nettrain.runtime import available_cores
 
     folders, class_names, root = find_images(cfg.data)
+    for choice in choose_shape(cfg.data, folders[0].files):
+        out.print(f"data auto: {choice}")
     splits: dict[str, list[ImageInfo]] = {}
     with ThreadPoolExecutor(max_workers=available_cores()) as pool:
         for folder in folders:

@@ -9,8 +9,11 @@ on a GPU the data never leaves the device.
 augment:
   standard  random resized crop (area 25-100 %, aspect 3/4-4/3) + horizontal flip
   crop      random shift of up to 4 px with zero padding + horizontal flip (the CIFAR recipe)
+  shift     random shift of up to 1/14 of the side (2 px at 28 px) and +-10 % scale, no flip: digits,
+            letters and other glyphs, which a mirror or a heavy crop would turn into another class
   flip      horizontal flip
   none      nothing
+(`augment=auto` is resolved from the images before training: `nettrain.data.image_defaults`.)
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from torch import Tensor
 from nettrain.data.loaders import BatchTransform
 from nettrain.data.transforms import normalize
 
-AUGMENTS = ("standard", "crop", "flip", "none")
+AUGMENTS = ("standard", "crop", "shift", "flip", "none")
 CROP_AREA = (0.25, 1.0)     # torchvision's default 0.08 is too aggressive for small images and short runs
 CROP_RATIO = (3 / 4, 4 / 3)
 SHIFT_PIXELS = 4
+GLYPH_SHIFT = 1 / 14     # of the side: 2 px on a 28 px digit
+GLYPH_SCALE = 0.1
 
 
 def batch_generator(seed: int, rank: int, epoch: int, batch: int) -> torch.Generator:
@@ -87,12 +92,24 @@ def random_shift_flip(x: Tensor, g: torch.Generator) -> Tensor:
     return _scale_shift(x, flip, torch.ones(n), dx, dy, padding="zeros")
 
 
+def random_shift_scale(x: Tensor, g: torch.Generator) -> Tensor:
+    """Per sample: a whole-pixel shift of up to GLYPH_SHIFT of the side and a zoom of +-GLYPH_SCALE,
+    never mirrored; the border pixels (a glyph's background) fill what comes in."""
+    n, _, height, width = x.shape
+    most = max(1, round(GLYPH_SHIFT * min(height, width)))
+    dx = torch.randint(-most, most + 1, (n,), generator=g).float() * 2 / width
+    dy = torch.randint(-most, most + 1, (n,), generator=g).float() * 2 / height
+    scale = torch.empty(n).uniform_(1 - GLYPH_SCALE, 1 + GLYPH_SCALE, generator=g)
+    return _scale_shift(x, scale, scale, dx, dy, padding="border")
+
+
 def random_flip(x: Tensor, g: torch.Generator) -> Tensor:
     mirrored = _to(x.device, torch.rand(x.shape[0], generator=g) < 0.5).view(-1, 1, 1, 1)
     return torch.where(mirrored, x.flip(-1), x)
 
 
-_AUGMENT_FNS = {"standard": random_resized_crop_flip, "crop": random_shift_flip, "flip": random_flip}
+_AUGMENT_FNS = {"standard": random_resized_crop_flip, "crop": random_shift_flip, "shift": random_shift_scale,
+                "flip": random_flip}
 
 
 def image_batch_transform(mean: Sequence[float], std: Sequence[float], augment: str = "none", *,

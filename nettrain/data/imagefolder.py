@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from nettrain.config import absolute
-from nettrain.data import Data, DataContext, files_fingerprint, tensor_loader
+from nettrain.data import Data, DataContext, files_fingerprint, image_defaults, tensor_loader
 from nettrain.data.augment import image_batch_transform
 from nettrain.data.cache import cached_images, decode_each, default_cache_dir
 from nettrain.data.labels import balanced_weights, split_indices
@@ -198,7 +198,7 @@ def _report_bad(bad: list[str], on_bad_file: str) -> None:
 
 def build(cfg: DictConfig, ctx: DataContext) -> Data:
     folders, class_names, root = find_images(cfg)
-    mean, std = channel_stats(cfg.mean, cfg.std, cfg.channels)
+    chosen = image_defaults.choose_shape(cfg, folders[0].files)  # data.channels/image_size/augment=auto: from the training images
     cache_dir = None
     if cfg.cache:
         cache_dir = Path(absolute(cfg.cache_dir)) if cfg.get("cache_dir") else default_cache_dir(root)
@@ -216,6 +216,9 @@ def build(cfg: DictConfig, ctx: DataContext) -> Data:
                                            what=f"the images of {root}")
         parts["train"], parts["val"] = everything.take(train_idx, "train"), everything.take(val_idx, "val")
     _require_every_class(parts["train"], class_names, " for training")
+    chosen += image_defaults.choose_normalization(cfg, parts["train"].files, parts["train"].images)
+    image_defaults.report(chosen)
+    mean, std = channel_stats(cfg.mean, cfg.std, cfg.channels)
 
     spec = DataSpec(input_shape=[cfg.channels, cfg.image_size, cfg.image_size], num_classes=len(class_names),
                     class_names=class_names,

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from nettrain.config import absolute
 from nettrain.data import Data, DataContext, tensor_loader
 from nettrain.data.augment import image_batch_transform
+from nettrain.data.image_defaults import auto_augment
 from nettrain.data.labels import balanced_weights, split_indices
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError
@@ -71,7 +72,8 @@ def build(cfg: DictConfig, ctx: DataContext) -> Data:
                                    "mean": info["mean"], "std": info["std"]})
     train_idx, val_idx = torch.tensor(train_idx), torch.tensor(val_idx)
     plain = image_batch_transform(info["mean"], info["std"])
-    augmented = image_batch_transform(info["mean"], info["std"], cfg.augment, seed=ctx.seed, rank=ctx.rank)
+    augment = auto_augment(channels, size)[0] if cfg.augment == "auto" else cfg.augment
+    augmented = image_batch_transform(info["mean"], info["std"], augment, seed=ctx.seed, rank=ctx.rank)
     return Data(spec=spec,
                 train=tensor_loader(x[train_idx], y[train_idx], cfg, ctx, train=True, transform=augmented),
                 val=tensor_loader(x[val_idx], y[val_idx], cfg, ctx, train=False, transform=plain),

@@ -58,7 +58,8 @@ def describe(cfg: DictConfig | dict) -> str:
 def before_data(cfg: DictConfig) -> None:
     """What a run checks or fetches for its model before any data is read: the user's `_target_`s
     import (a missing module fails at once), and a pretrained timm model's weights are in the cache
-    (setting the data's normalization and image size to theirs)."""
+    (setting the data's normalization and image size to theirs); image data left at `auto` takes
+    the preprocessing of the weights the model starts from."""
     from nettrain.targets import GROUPS, locate
 
     for group in GROUPS:
@@ -69,6 +70,24 @@ def before_data(cfg: DictConfig) -> None:
         from nettrain.models import zoo
 
         zoo.before_data(cfg)
+    _preprocessing_from_weights(cfg)
+
+
+def _preprocessing_from_weights(cfg: DictConfig) -> None:
+    """Image data left at `auto` is prepared as the weights the model starts from were trained:
+    ImageNet's normalization for `model.pretrained`, a nettrain checkpoint's own for `model.init_from`."""
+    from nettrain.data.image_defaults import IMAGENET_MEAN, IMAGENET_STD, adopt
+
+    if cfg.model.get("init_from"):
+        from nettrain.checkpoint import load_checkpoint
+        from nettrain.config import absolute
+
+        pre = load_checkpoint(absolute(str(cfg.model.init_from)))["spec"].get("preprocessing", {})
+        if pre.get("kind") == "image":
+            adopt(cfg.data, {k: pre[k] for k in ("channels", "image_size", "mean", "std")},
+                  f"as {cfg.model.init_from} was trained")
+    elif cfg.model.get("pretrained") and cfg.model.get("name") != "timm":
+        adopt(cfg.data, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}, "ImageNet's, for model.pretrained")
 
 
 __all__ = ["MODELS", "Net", "before_data", "build_model", "describe"]

@@ -19,12 +19,13 @@ def cnn(cfg: DictConfig, spec: DataSpec) -> Net:
     pool = nn.MaxPool2d if cfg.pool == "max" else nn.AvgPool2d
     layers: list[nn.Module] = []
     for out in cfg.channels:
-        layers += [nn.Conv2d(channels, out, cfg.kernel_size, padding=cfg.kernel_size // 2, bias=False),
-                   nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        for _ in range(cfg.get("convs_per_stage", 1)):
+            layers += [nn.Conv2d(channels, out, cfg.kernel_size, padding=cfg.kernel_size // 2, bias=False),
+                       nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            channels = out
         if size >= 2:  # pool while there is something to pool: any input size works
             layers.append(pool(2))
             size //= 2
-        channels = out
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     return Net(nn.Sequential(*layers), channels, spec.num_classes, cfg.dropout, convolutional=True)
 
