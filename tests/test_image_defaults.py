@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import run_in_process, train
+from conftest import metrics, run_in_process, train
 from datagen import image_folder
 from nettrain.checkpoint import load_checkpoint
 from nettrain.data import DataContext, build_data
@@ -139,3 +139,18 @@ def test_auto_values_are_validated(tmp_path, capsys):
                           f"hydra.run.dir={tmp_path / 'run'}")
     err = capsys.readouterr().err
     assert code == 2 and "data.channels=2" in err and "allowed: auto, 1, 3" in err
+
+
+def test_two_processes_choose_what_one_process_chooses(tmp_path):
+    """Every rank reads the same training images, so data-parallel ranks normalize alike: the
+    history equals one process's (augmentation off: ranks draw their own; an MLP: batch norm would
+    see each rank's half batch)."""
+    root = glyphs(tmp_path / "digits", per_class=8)
+    args = ["data=imagefolder", f"data.root={root}", "data.num_workers=0", "data.augment=none", "model=mlp",
+            "model.hidden=[16]", "model.dropout=0", "trainer.max_epochs=2"]
+    one = train(tmp_path, *args, "data.batch_size=8", name="one")
+    two = train(tmp_path, *args, "data.batch_size=4", "trainer.devices=2", name="two")
+    keys = ("train_loss", "val_loss", "val_accuracy")
+    first, second = metrics(one)["history"], metrics(two)["history"]
+    assert [h[k] for h in second for k in keys] == pytest.approx([h[k] for h in first for k in keys], rel=1e-4)
+    assert load_checkpoint(two)["spec"]["preprocessing"] == load_checkpoint(one)["spec"]["preprocessing"]
