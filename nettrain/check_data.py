@@ -3,10 +3,13 @@
 Image folders: images per class and split, class imbalance, image modes and sizes, unreadable
 files (every image is fully decoded), and exact duplicates (same bytes) between train and val or
 test, i.e. leakage. CSV files: each column's type, missing values and range, the target's balance,
-and the columns training would refuse. Other datasets: class balance and duplicate samples across
-splits. The train/val split is the one training makes (same data.val_fraction and trainer.seed).
+the columns training would refuse, and data.table_checks' findings (row-id columns, columns that give
+the target away, val rows copied from training rows). Other datasets: class balance and duplicate
+samples across splits. The train/val split is the one training makes (same data.val_fraction and
+trainer.seed).
 
-`strict=true` exits 1 when there is leakage, an unreadable file or a column training would refuse.
+`strict=true` exits 1 when there is leakage, an unreadable file or a column training would refuse
+(or that table_checks flags).
 It is a Hydra app on configs/check_data.yaml (configs/train.yaml plus `strict`) that writes nothing.
 """
 
@@ -127,7 +130,9 @@ def image_report(cfg: DictConfig, out: Console) -> list[str]:
     problems = []
     if unreadable:
         problems.append(f"{len(unreadable)} unreadable file(s)")
-        _list(out, f"unreadable files: {len(unreadable)} (training skips them with data.on_bad_file=skip)",
+        action = ("training skips them (data.on_bad_file=skip)" if cfg.data.get("on_bad_file") == "skip"
+                  else "training stops on them; data.on_bad_file=skip leaves them out")
+        _list(out, f"unreadable files: {len(unreadable)} ({action})",
               [f"{i.path}: {i.error}" for i in unreadable])
     leaks = _leaks(splits, class_names)
     if leaks:

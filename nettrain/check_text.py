@@ -53,8 +53,10 @@ def text_report(cfg: DictConfig, out: Console) -> list[str]:
     if bad.rows:
         reasons = Counter(why.split(" (")[0] for _, why in bad.rows)
         problems.append(f"{len(bad.rows)} bad row(s)")
+        action = ("training leaves them out (data.on_bad_row=skip)" if data.get("on_bad_row") == "skip"
+                  else "training stops on them; data.on_bad_row=skip leaves them out")
         _list(out, f"bad rows: {len(bad.rows)} ({', '.join(f'{n} {why}' for why, n in reasons.most_common())}); "
-                   "training leaves them out with data.on_bad_row=skip", [f"{where}: {why}" for where, why in bad.rows])
+                   f"{action}", [f"{where}: {why}" for where, why in bad.rows])
 
     key = (lambda t: t.strip().lower()) if data.lowercase else (lambda t: t.strip())
     seen: dict[str, list[int]] = defaultdict(list)
