@@ -3,10 +3,13 @@
 Image folders: images per class and split, class imbalance, image modes and sizes, unreadable
 files (every image is fully decoded), and exact duplicates (same bytes) between train and val or
 test, i.e. leakage. CSV files: each column's type, missing values and range, the target's balance,
-and the columns training would refuse. Other datasets: class balance and duplicate samples across
-splits. The train/val split is the one training makes (same data.val_fraction and trainer.seed).
+the columns training would refuse, and data.table_checks' findings (row-id columns, columns that give
+the target away, val rows copied from training rows). Other datasets: class balance and duplicate
+samples across splits. The train/val split is the one training makes (same data.val_fraction and
+trainer.seed).
 
-`strict=true` exits 1 when there is leakage, an unreadable file or a column training would refuse.
+`strict=true` exits 1 when there is leakage, an unreadable file or a column training would refuse
+(or that table_checks flags).
 It is a Hydra app on configs/check_data.yaml (configs/train.yaml plus `strict`) that writes nothing.
 """
 
@@ -109,8 +112,7 @@ def image_report(cfg: DictConfig, out: Console) -> list[str]:
     out.print(per_class_table("images per class", list(enumerate(class_names)), counts))
     train_counts = [counts["train"][c] for c in range(len(class_names))]
     imbalance = max(train_counts) / max(min(train_counts), 1)
-    note = ("  [yellow]consider data.class_weights=balanced[/]" if imbalance >= IMBALANCE_WARNING else "")
-    out.print(f"imbalance (largest / smallest training class): {imbalance:.1f}x{note}")
+    out.print(f"imbalance (largest / smallest training class): {imbalance:.1f}x{weights_hint(cfg, imbalance)}")
 
     readable = [i for items in splits.values() for i in items if not i.error]
     table = Table(title="image modes and sizes")
@@ -131,7 +133,9 @@ def image_report(cfg: DictConfig, out: Console) -> list[str]:
     problems = []
     if unreadable:
         problems.append(f"{len(unreadable)} unreadable file(s)")
-        _list(out, f"unreadable files: {len(unreadable)} (training skips them with data.on_bad_file=skip)",
+        action = ("training skips them (data.on_bad_file=skip)" if cfg.data.get("on_bad_file") == "skip"
+                  else "training stops on them; data.on_bad_file=skip leaves them out")
+        _list(out, f"unreadable files: {len(unreadable)} ({action})",
               [f"{i.path}: {i.error}" for i in unreadable])
     leaks = _leaks(splits, class_names)
     if leaks:
@@ -163,25 +167,39 @@ def _leaks(splits: dict[str, list[ImageInfo]], class_names: list[str]) -> list[s
 def csv_report(cfg: DictConfig, out: Console) -> list[str]:
     import pandas as pd
 
-    from nettrain.data.tabular import choose_columns, detect_task, numeric_column, read_table
+    from nettrain.data.table_checks import check_table, drop_setting
+    from nettrain.data.tabular import choose_columns, detect_task, numeric_column, read_table, refused_id, split_rows
 
     path = absolute(cfg.data.path)
     categorical = set(cfg.data.get("categorical") or [])
     table = read_table(path, list(categorical))
     target = cfg.data.target
     features, _ = choose_columns(table, cfg.data, path)
+    labelled = table[table[target].notna()]
+    problems, findings = [], []
+    if labelled.empty:
+        problems.append(f"no row has a value in the target column {target!r}: nothing to train on")
+    else:
+        try:  # the checks training makes too, on the split it makes (same val_fraction and seed)
+            task, _, targets, train_idx, val_idx = split_rows(labelled, cfg.data, cfg.trainer.seed, path)
+            findings = check_table(labelled, cfg.data, features, task, targets, (train_idx, val_idx))
+        except UserError as e:  # a target training refuses (one class, a class of one row)
+            problems.append(str(e))
+    refused = {f.columns[0] for f in findings if refused_id(labelled, f, list(categorical), path)}
+
     out.print(f"[bold]{path}[/]  {len(table)} rows, {len(table.columns)} columns")
     columns = Table(title="columns")
     for name in ("column", "role", "type", "missing", "distinct", "range / examples"):
         columns.add_column(name, justify="right" if name in ("missing", "distinct") else "left")
-    problems = []
     for name in table.columns:
         col = table[name]
         role = "target" if name == target else "feature" if name in features else "unused"
         if name in categorical or not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
             kind = "categorical" if name in categorical else "text"
             values = ", ".join(map(str, col.dropna().astype(str).value_counts().index[:3]))
-            if role == "feature" and kind == "text":
+            if name in refused:
+                kind = "[red]text (row id)[/]"  # its finding says so: never "declare it categorical"
+            elif role == "feature" and kind == "text":
                 try:
                     numeric_column(col, name, path)
                     kind = "numeric"
@@ -201,32 +219,45 @@ def csv_report(cfg: DictConfig, out: Console) -> list[str]:
                         str(col.nunique()), values)
     out.print(columns)
 
-    y = table[target].dropna()
-    if detect_task(y, cfg.data.task) == "regression":
+    y = labelled[target]
+    if not y.empty and detect_task(y, cfg.data.task) == "regression":
         out.print(f"target {target!r}: regression, mean {y.mean():.4g}, std {y.std():.4g}, "
                   f"range {y.min():.4g} .. {y.max():.4g}")
-    else:
+    elif not y.empty:
         balance = Table(title=f"target {target!r}")
         balance.add_column("class")
         balance.add_column("rows", justify="right")
         balance.add_column("share", justify="right")
         counts = y.astype(str).value_counts()
-        if len(counts) < 2:
-            problems.append(f"the target column {target!r} holds one class only ({counts.index[0]!r}): "
-                            f"training refuses it (classification needs at least two)")
         for value, n in counts.items():
             balance.add_row(str(value), str(n), f"{n / len(y):.1%}")
         out.print(balance)
-        out.print(f"imbalance (largest / smallest class): {counts.max() / counts.min():.1f}x"
-                  + ("  [yellow]consider data.class_weights=balanced[/]" if counts.max() / counts.min() >= IMBALANCE_WARNING else ""))
+        imbalance = counts.max() / counts.min()
+        out.print(f"imbalance (largest / smallest class): {imbalance:.1f}x{weights_hint(cfg, imbalance)}")
     if table[target].isna().any():
         out.print(f"{int(table[target].isna().sum())} row(s) without a target are left out by training")
     duplicates = int(table.duplicated(subset=[*features, target]).sum())
     out.print(f"duplicate rows (same features and target): {duplicates}")
+
     for problem in problems:
         out.print(f"[red]problem:[/] {escape(problem)}")
-    _summary(out, problems)
+    for finding in findings:
+        out.print(f"[red]problem:[/] {escape(finding.message)}")
+        for line in finding.details[:SHOW] if len(finding.details) > 1 else ():
+            out.print(f"  {line}", markup=False)
+    drop = [c for f in findings for c in f.columns]
+    if len([f for f in findings if f.columns]) > 1 and not cfg.data.get("features"):
+        out.print(f"every column named above left out: {escape(drop_setting(cfg.data, drop))}")
+    problems += [f.message for f in findings]
+    _summary(out, problems, listed=True)
     return problems
+
+
+def weights_hint(cfg: DictConfig, imbalance: float) -> str:
+    """"consider data.class_weights=balanced" after an imbalance that calls for it, unless it is set."""
+    if imbalance < IMBALANCE_WARNING or cfg.data.get("class_weights") == "balanced":
+        return ""
+    return "  [yellow]consider data.class_weights=balanced[/]"
 
 
 def tensor_report(cfg: DictConfig, out: Console) -> list[str]:
@@ -278,8 +309,11 @@ def _list(out: Console, title: str, lines: list[str]) -> None:
         out.print(f"  ... and {len(lines) - SHOW} more")
 
 
-def _summary(out: Console, problems: list[str]) -> None:
-    if problems:
+def _summary(out: Console, problems: list[str], listed: bool = False) -> None:
+    """The last line; `listed`: each problem was printed in full above, so it is counted, not repeated."""
+    if problems and listed:
+        out.print(f"[bold red]{len(problems)} problem(s)[/] (above)")
+    elif problems:
         out.print(f"[bold red]problems:[/] {escape('; '.join(problems))}")
     else:
         out.print("[bold green]no problems found[/]")

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from nettrain.check_data import IMBALANCE_WARNING, _list, _summary, per_class_table
+from nettrain.check_data import _list, _summary, per_class_table, weights_hint
 from nettrain.data.text import BadRows, Texts, encode, labelled_splits, tokenizer_for
 
 PERCENTILES = (50, 90, 95, 99, 100)
@@ -33,7 +33,7 @@ def text_report(cfg: DictConfig, out: Console) -> list[str]:
     out.print(per_class_table("texts per class", [(cls, cls) for cls in classes], counts))
     imbalance = max(counts["train"].values()) / max(min(counts["train"][c] for c in classes), 1)
     out.print(f"imbalance (largest / smallest training class): {imbalance:.1f}x"
-              + ("  [yellow]consider data.class_weights=balanced[/]" if imbalance >= IMBALANCE_WARNING else ""))
+              + weights_hint(cfg, imbalance))
 
     tokenizer, preprocessing, origin = tokenizer_for(data, train)
     table = Table(title=f"length in tokens (tokenizer {origin}, vocabulary {preprocessing['vocab_size']})")
@@ -53,8 +53,10 @@ def text_report(cfg: DictConfig, out: Console) -> list[str]:
     if bad.rows:
         reasons = Counter(why.split(" (")[0] for _, why in bad.rows)
         problems.append(f"{len(bad.rows)} bad row(s)")
+        action = ("training leaves them out (data.on_bad_row=skip)" if data.get("on_bad_row") == "skip"
+                  else "training stops on them; data.on_bad_row=skip leaves them out")
         _list(out, f"bad rows: {len(bad.rows)} ({', '.join(f'{n} {why}' for why, n in reasons.most_common())}); "
-                   "training leaves them out with data.on_bad_row=skip", [f"{where}: {why}" for where, why in bad.rows])
+                   f"{action}", [f"{where}: {why}" for where, why in bad.rows])
 
     key = (lambda t: t.strip().lower()) if data.lowercase else (lambda t: t.strip())
     seen: dict[str, list[int]] = defaultdict(list)

@@ -3,6 +3,7 @@ model's outputs and the loader's targets."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -12,6 +13,16 @@ from torch import Tensor, nn
 
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError, invalid
+
+log = logging.getLogger("nettrain")
+
+
+def _integer(name: str) -> bool:
+    try:
+        int(name)
+    except ValueError:
+        return False
+    return True
 
 
 class SoftmaxMSE(nn.Module):
@@ -83,6 +94,11 @@ def build_loss(cfg: DictConfig, spec: DataSpec, class_weights: list[float] | Non
     if cfg.name == "cross_entropy":
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     if cfg.name == "mse":
+        if spec.preprocessing.get("kind") == "tabular" and all(_integer(c) for c in spec.class_names):
+            # A numeric target read as classes (wine quality 3..9): say what mse means here.
+            log.warning("loss=mse on a classification target: its classes %s are one-hot targets for the softmax "
+                        "outputs (softmax-MSE), not numbers to predict; to predict the number use data.task=regression",
+                        ", ".join(spec.class_names))
         return SoftmaxMSE()
     if cfg.name == "bce":
         return OneHotBCE(pos_weight=weight)

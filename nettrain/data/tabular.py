@@ -135,6 +135,18 @@ def encode_rows(rows: Any, preprocessing: dict[str, Any]) -> Tensor:
     return torch.from_numpy(np.concatenate(blocks, axis=1).astype(np.float32))
 
 
+def refused_id(table: Any, finding: Any, categorical: list[str], path: str | Path) -> bool:
+    """Whether `finding` is an id-like text column that training would refuse as not numeric: its error
+    then says it is an id to leave out, never to declare it categorical."""
+    if finding.kind != "id" or finding.columns[0] in categorical:
+        return False
+    try:
+        numeric_column(table[finding.columns[0]], finding.columns[0], path)
+    except UserError:
+        return True
+    return False
+
+
 def detect_task(target: Any, requested: str) -> str:
     import pandas as pd
 
@@ -158,7 +170,27 @@ def _classes(target: Any) -> tuple[list[str], list[int]]:
     return names, [index[v] for v in target]
 
 
+def split_rows(table: Any, cfg: DictConfig, seed: int, path: str | Path) -> tuple[str, list[str], np.ndarray,
+                                                                              list[int], list[int]]:
+    """(task, class names, each row's target, train and val row positions): the split training makes over
+    `table`'s rows (all with a target), stratified by class for classification. check-data reuses it."""
+    task = detect_task(table[cfg.target], cfg.task)
+    if task == "regression":
+        targets = numeric_column(table[cfg.target], cfg.target, path).to_numpy()
+        train_idx, val_idx = split_indices(targets.tolist(), cfg.val_fraction, seed,
+                                           stratify=False, what=path)
+        return task, [], targets, train_idx, val_idx
+    class_names, labels = _classes(table[cfg.target])
+    if len(class_names) < 2:
+        raise UserError(f"{path}: the target column {cfg.target!r} holds one class only ({class_names[0]!r}); "
+                        f"classification needs at least two (for numbers to predict, use data.task=regression)")
+    train_idx, val_idx = split_indices(labels, cfg.val_fraction, seed, class_names=class_names, what=path)
+    return task, class_names, np.asarray(labels, dtype=np.int64), train_idx, val_idx
+
+
 def build(cfg: DictConfig, ctx: DataContext) -> Data:
+    from nettrain.data.table_checks import check_table
+
     path = absolute(cfg.path)
     table = read_table(path, list(cfg.get("categorical") or []))
     features, categorical = choose_columns(table, cfg, path)
@@ -168,20 +200,16 @@ def build(cfg: DictConfig, ctx: DataContext) -> Data:
         table = table[table[cfg.target].notna()]  # keeps the row labels: errors name the file line
     if table.empty:
         raise UserError(f"{path}: no row has a value in the target column {cfg.target!r}")
-    task = detect_task(table[cfg.target], cfg.task)
-    if task == "regression":
-        y = torch.tensor(numeric_column(table[cfg.target], cfg.target, path).to_numpy(), dtype=torch.float32)
-        class_names: list[str] = []
-        train_idx, val_idx = split_indices(y.tolist(), cfg.val_fraction, ctx.seed, stratify=False, what=path)
-    else:
-        class_names, labels = _classes(table[cfg.target])
-        if len(class_names) < 2:
-            raise UserError(f"{path}: the target column {cfg.target!r} holds one class only ({class_names[0]!r}); "
-                            f"classification needs at least two (for numbers to predict, use data.task=regression)")
-        y = torch.tensor(labels, dtype=torch.long)
-        train_idx, val_idx = split_indices(y.tolist(), cfg.val_fraction, ctx.seed, class_names=class_names, what=path)
+    task, class_names, targets, train_idx, val_idx = split_rows(table, cfg, ctx.seed, path)
+    y = torch.tensor(targets, dtype=torch.float32 if task == "regression" else torch.long)
+    findings = check_table(table, cfg, features, task, targets, (train_idx, val_idx))
+    for finding in findings:
+        if refused_id(table, finding, categorical, path):  # training refuses the text anyway: say what it is
+            raise UserError(f"{path}: {finding.message}")
     preprocessing = fit_preprocessing(table.iloc[train_idx], features, categorical, path)
     x = encode_rows(table, preprocessing)
+    for finding in findings:  # after every refusal: a refused run logs (and so writes) nothing
+        log.warning("%s: %s", path, finding.message)
     spec = DataSpec(input_shape=[x.shape[1]], num_classes=len(class_names) if class_names else 1,
                     class_names=class_names, task=task, preprocessing=preprocessing)
     train_idx, val_idx = torch.tensor(train_idx), torch.tensor(val_idx)
