@@ -88,6 +88,7 @@ RULES: list[Rule] = [
     ("optimizer.lr", lambda v: _number(v) and v > 0, "must be a number > 0"),
     ("optimizer.weight_decay", lambda v: _number(v) and v >= 0, "must be a number >= 0"),
     ("optimizer.momentum", lambda v: _number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
+    ("optimizer.decay_norms_and_biases", _one_of(True, False), "allowed: true, false"),
     ("optimizer.backbone_lr_factor", lambda v: _number(v) and v > 0, "must be a number > 0 (backbone lr = optimizer.lr x this)"),
     ("data.batch_size", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
     ("data.num_workers", lambda v: _int(v) and v >= 0, "must be an integer >= 0"),

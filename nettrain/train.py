@@ -20,6 +20,7 @@ from nettrain import distributed, runtime
 from nettrain.checkpoint import atomic_write_bytes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nettrain.config import monitor_mode
 from nettrain.data import DataContext, build_data
+from nettrain.errors import UserError
 from nettrain.logs import console, epoch_line, epoch_progress, final_summary
 from nettrain.losses import build_loss
 from nettrain.metrics import RunningTotals, evaluate, summarize
@@ -362,6 +363,10 @@ def _restore(ckpt: dict[str, Any], model: torch.nn.Module, ema: torch.nn.Module 
     if ema is not None:
         ema.module.load_state_dict(ckpt["model"])
         ema.n_averaged.fill_(ckpt.get("ema_updates", 0))
+    saved, built = len(ckpt["optimizer"]["param_groups"]), len(optimizer.param_groups)
+    if saved != built:  # load_state_dict would stop with a ValueError
+        raise UserError(f"cannot resume {ckpt['path']}: its optimizer state has {saved} parameter group(s), this "
+                        f"run's optimizer {built} (optimizer or model settings differ); start a new run instead")
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     scaler.load_state_dict(ckpt["scaler"])
