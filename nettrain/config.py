@@ -157,6 +157,7 @@ RULES: list[Rule] = [
     ("trainer.threads", _optional(lambda v: _int(v) and v >= 1), "must be null or an integer >= 1"),
     ("trainer.grad_clip", _optional(lambda v: _number(v) and v > 0), "must be null or a number > 0"),
     ("trainer.accumulate_grad_batches", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
+    ("trainer.tta", _one_of(None, "flip"), "allowed: null, flip"),
     ("trainer.ema_decay", _optional(lambda v: _number(v) and 0 < v < 1), "must be null or a number in (0, 1)"),
     ("trainer.divergence_factor", _optional(lambda v: _number(v) and v > 1), "must be null or a number > 1"),
     ("trainer.log_every_n_steps", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),

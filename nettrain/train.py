@@ -25,6 +25,7 @@ from nettrain.logs import console, epoch_line, epoch_progress, final_summary
 from nettrain.losses import build_loss
 from nettrain.metrics import RunningTotals, evaluate, summarize
 from nettrain.models import before_data, build_model
+from nettrain.models.tta import with_tta
 from nettrain.optim import build_optimizer, build_scheduler
 from nettrain.overfit import memorizing
 from nettrain.rundir import remove_stale_temp_files
@@ -173,6 +174,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema_decay))
            if t.ema_decay else None)
     eval_model = ema.module if ema is not None else model
+    val_model = with_tta(eval_model, t.get("tta"), spec)  # what validation measures: the mirror too, with tta=flip
     monitor = Monitor(cfg.early_stopping)
     progress = Progress()
     totals = RunningTotals(rt.device, spec.task)  # this epoch's [loss sum, correct, samples]
@@ -303,7 +305,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
             train = summarize(epoch_totals, spec.task)  # reading the totals waits for the device to finish the epoch
             train_seconds = time.perf_counter() - started
             distributed.broadcast_buffers(model, rt)
-            val, _, _ = evaluate(eval_model, data.val, criterion, device=rt.device, task=spec.task,
+            val, _, _ = evaluate(val_model, data.val, criterion, device=rt.device, task=spec.task,
                                  autocast=rt.autocast, limit=t.limit_val_batches,
                                  reduce=lambda v: distributed.all_reduce(v, rt))
             progress.epoch, progress.batch = epoch + 1, 0
@@ -344,7 +346,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     result["model"] = eval_model
     if runlog is not None and spec.task == "classification" and progress.best_epoch and status != "interrupted" \
             and not rt.distributed:  # one rank holds only its shard of the val split
-        _, outputs, targets = evaluate(eval_model, data.val, criterion, device=rt.device, task=spec.task,
+        _, outputs, targets = evaluate(val_model, data.val, criterion, device=rt.device, task=spec.task,
                                        autocast=rt.autocast, limit=t.limit_val_batches, collect=True)
         if targets is not None and targets.dim() == 1:  # single-label: multi-label has no confusion matrix
             runlog.confusion_matrix(outputs, targets, spec.class_names, progress.step)
