@@ -18,6 +18,9 @@ from nettrain.data.spec import DataSpec
 from nettrain.errors import invalid
 from nettrain.models.net import Net
 
+# The models whose `model.pretrained=imagenet` is torchvision's ImageNet weights.
+IMAGENET_MODELS = ("resnet18", "resnet34", "resnet50")
+
 # model.name -> "module:function" building it (imported only when chosen).
 MODELS: dict[str, str] = {
     "mlp": "nettrain.models.net:mlp",
@@ -57,8 +60,9 @@ def describe(cfg: DictConfig | dict) -> str:
 
 def before_data(cfg: DictConfig) -> None:
     """What a run checks or fetches for its model before any data is read: the user's `_target_`s
-    import (a missing module fails at once), and a pretrained timm model's weights are in the cache
-    (setting the data's normalization and image size to theirs)."""
+    import (a missing module fails at once), a pretrained timm model's weights are in the cache
+    (setting the data's normalization and image size to theirs), and so are a ResNet's ImageNet
+    weights (`model.pretrained=imagenet`)."""
     from nettrain.targets import GROUPS, locate
 
     for group in GROUPS:
@@ -69,6 +73,11 @@ def before_data(cfg: DictConfig) -> None:
         from nettrain.models import zoo
 
         zoo.before_data(cfg)
+    elif "_target_" not in cfg.model and cfg.model.get("pretrained") == "imagenet" \
+            and cfg.model.get("name") in IMAGENET_MODELS:
+        from nettrain.finetune import fetch_imagenet
+
+        fetch_imagenet(cfg.model.name)
 
 
 __all__ = ["MODELS", "Net", "before_data", "build_model", "describe"]
