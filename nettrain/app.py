@@ -275,6 +275,10 @@ def _resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict[str
     confirm(ckpt["config"], cfg, GROUPS, ckpt["path"], "give its config again (--config-dir DIR model=NAME, or +{key}={target})")
     check_targets(ckpt["config"], cfg, ckpt["path"])
     saved = OmegaConf.create(ckpt["config"])
+    if "decay_norms_and_biases" not in saved.optimizer:
+        # Saved before biases and norms were spared weight decay: the run goes on decaying them, as
+        # it began (its optimizer state has one group per learning rate, not two).
+        saved.optimizer.decay_norms_and_biases = True
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         if (key == "resume" or key.startswith("hydra.") or _names_a_target(key, ckpt["config"])

@@ -204,6 +204,8 @@ def describe(loaded: Loaded, fmt: str, target: Path, diff: float, tolerance: flo
         "dtype": "int64" if text else "float32", "task": spec.task, "class_names": spec.class_names,
         "outputs": ("one value per sample" if spec.task == "regression"
                     else "logits, one per class in class_names order; softmax gives probabilities"),
+        # trainer.tta=flip: the exported model averages each image's logits with its mirror's, as eval and predict do.
+        "tta": loaded.config.get("trainer", {}).get("tta"),
         "preprocessing": preprocessing, "max_abs_diff": diff, "tolerance": tolerance,
     }
 

@@ -6,6 +6,7 @@ is built):
 - `model.pretrained=PATH|imagenet`: a torchvision-format state dict for a ResNet backbone, from a
   file or torchvision's ImageNet weights (torch hub cache, downloaded when online). The stem is
   adapted to the data: summed over input channels for grayscale, resized for the small-image stem.
+  The ImageNet file is fetched before any data is read (`fetch_imagenet`, from `models.before_data`).
   For `model=timm`, `model.pretrained=true`: timm's weights for the architecture.
 - `model.freeze=backbone`: only the head trains; the backbone is a fixed feature extractor.
 """
@@ -117,19 +118,47 @@ def read_state_dict(path: str) -> dict[str, Tensor]:
 
 def imagenet_state_dict(name: str) -> dict[str, Tensor]:
     """torchvision's ImageNet weights for `name`, from the torch hub cache or downloaded there."""
-    from torchvision.models import get_model_weights
-
-    weights = get_model_weights(name).DEFAULT
-    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    weights, cached = _imagenet(name)
     try:
         return weights.get_state_dict(progress=False, weights_only=True, check_hash=True)
     except OSError as e:  # offline (URLError), unreachable, or the cache is not writable
-        reason = getattr(e, "reason", None) or e.strerror or e
-        raise UserError(f"model.pretrained=imagenet: cannot download {weights.url} ({reason}); offline, download "
-                        f"that file elsewhere and put it at {cached} (or give model.pretrained=PATH)") from None
+        raise _cannot_download(weights.url, cached, e) from None
     except RuntimeError as e:  # a truncated or corrupt cached file
         raise UserError(f"model.pretrained=imagenet: cannot read {cached} ({str(e).splitlines()[0][:200]}); "
                         f"delete it and download it again from {weights.url}") from None
+
+
+def fetch_imagenet(name: str) -> None:
+    """Download torchvision's ImageNet weights for `name` into the torch hub cache unless they are
+    there: called before any data is read (`models.before_data`), so an offline run fails at once,
+    not after minutes of decoding; `imagenet_state_dict` then reads the cached file."""
+    weights, cached = _imagenet(name)
+    if os.path.isfile(cached):
+        return
+    match = torch.hub.HASH_REGEX.search(os.path.basename(cached))  # torchvision names files NAME-HASH.pth
+    try:
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        torch.hub.download_url_to_file(weights.url, cached, hash_prefix=match.group(1) if match else None,
+                                       progress=False)
+    except OSError as e:
+        raise _cannot_download(weights.url, cached, e) from None
+    except RuntimeError as e:  # the download's hash differs: a proxy's error page, a truncated transfer
+        raise UserError(f"model.pretrained=imagenet: the download of {weights.url} is damaged "
+                        f"({str(e).splitlines()[0][:200]}); try again, or put that file at {cached}") from None
+
+
+def _imagenet(name: str) -> tuple[Any, str]:
+    """torchvision's default weights enum for `name` and the file it is cached as."""
+    from torchvision.models import get_model_weights
+
+    weights = get_model_weights(name).DEFAULT
+    return weights, os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+
+
+def _cannot_download(url: str, cached: str, e: OSError) -> UserError:
+    reason = getattr(e, "reason", None) or e.strerror or e
+    return UserError(f"model.pretrained=imagenet: cannot download {url} ({reason}); offline, download "
+                     f"that file elsewhere and put it at {cached} (or give model.pretrained=PATH)")
 
 
 def adapt_stem(weight: Tensor, shape: torch.Size) -> Tensor:

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     import torch
 
     from nettrain.data.spec import DataSpec
-    from nettrain.models import Net
 
 
 def parse_args(argv: list[str], defaults: dict[str, Any], *, required: tuple[str, ...] = (),
@@ -117,7 +116,8 @@ def run_dir_of(checkpoint: Path) -> Path:
 class Loaded:
     """A checkpoint made ready for inference."""
 
-    model: Net                 # built from the checkpoint's config and spec, weights loaded, eval mode
+    model: torch.nn.Module     # built from the checkpoint's config and spec, weights loaded, eval mode
+                               # (under trainer.tta=flip: a FlipAverage of it)
     spec: DataSpec
     config: DictConfig         # the training run's resolved config
     path: Path                 # the checkpoint file
@@ -141,6 +141,7 @@ def load_model(ckpt: str | Path, device: str = "cpu", confirmed: dict[str, Any] 
     from nettrain.checkpoint import load_checkpoint
     from nettrain.data.spec import DataSpec
     from nettrain.models import build_model, describe
+    from nettrain.models.tta import with_tta
     from nettrain.runtime import configure_cuda, cuda_device, resolve_device
     from nettrain.targets import confirm
 
@@ -166,4 +167,6 @@ def load_model(ckpt: str | Path, device: str = "cpu", confirmed: dict[str, Any] 
     # reproduce the recorded val metrics exactly.
     channels_last = bool(OmegaConf.select(config, "trainer.channels_last", default=False)) and getattr(model, "convolutional", False)
     model = model.to(target, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    # Test-time augmentation as validation measured it (trainer.tta=flip: the image and its mirror).
+    model = with_tta(model, OmegaConf.select(config, "trainer.tta", default=None), spec)
     return Loaded(model=model.eval(), spec=spec, config=config, path=Path(state["path"]), device=target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -17,20 +18,43 @@ from nettrain.errors import invalid
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     """`cfg` is the optimizer group: a partial torch.optim class. Frozen parameters are left out.
     An optional `backbone_lr_factor` gives the backbone lr x factor (fine-tuning: pretrained
-    features change slower than a new head); the head's group comes first, so logs show its lr."""
+    features change slower than a new head); the head's group comes first, so logs show its lr.
+
+    Weight decay skips what `no_decay` names (biases, norm scales) unless `decay_norms_and_biases`
+    is true: each lr group splits into a decayed group and one with weight_decay 0, decayed first."""
     options = OmegaConf.to_container(cfg, resolve=True)
     factor = options.pop("backbone_lr_factor", None)
+    decay_all = options.pop("decay_norms_and_biases", False)
     make = instantiate(options)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if factor is None:
-        return make(trainable)
-    if not hasattr(model, "backbone"):
+        groups = [{"params": trainable}]
+    elif not hasattr(model, "backbone"):
         raise invalid("optimizer.backbone_lr_factor", factor, "this model has no backbone/head split (your own model "
                                                               "needs `backbone` and `head` submodules); remove it")
-    backbone = {id(p) for p in model.backbone.parameters()}
-    groups = [{"params": [p for p in trainable if id(p) not in backbone]},
-              {"params": [p for p in trainable if id(p) in backbone], "lr": options["lr"] * factor}]
+    else:
+        backbone = {id(p) for p in model.backbone.parameters()}
+        groups = [{"params": [p for p in trainable if id(p) not in backbone]},
+                  {"params": [p for p in trainable if id(p) in backbone], "lr": options["lr"] * factor}]
+    if not decay_all and options.get("weight_decay"):  # with no decay at all, one group per lr is the same optimizer
+        skip = {id(p) for p in no_decay(model)}
+        groups = [part for g in groups for part in (
+            {**g, "params": [p for p in g["params"] if id(p) not in skip]},
+            {**g, "params": [p for p in g["params"] if id(p) in skip], "weight_decay": 0.0})]
     return make([g for g in groups if g["params"]])
+
+
+def no_decay(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters weight decay should not shrink: those with fewer than 2 dimensions (biases,
+    BatchNorm/LayerNorm scales and shifts: pulling a norm's scale to 0 only fights the norm) and the
+    ones a timm model names in `no_weight_decay()` (a ViT's position embedding and class token;
+    patterns, as timm reads them).
+    Embedding tables are matrices like a Linear's weight and keep their decay (as nanoGPT and
+    Hugging Face's Trainer do)."""
+    patterns = [f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
+                if callable(getattr(module, "no_weight_decay", None)) for name in module.no_weight_decay()]
+    return [p for name, p in model.named_parameters()
+            if p.ndim < 2 or any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)]
 
 
 def lr_factor(cfg: DictConfig, total_steps: int, steps_per_epoch: int, base_lr: float) -> Callable[[int], float]:

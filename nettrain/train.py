@@ -20,10 +20,12 @@ from nettrain import distributed, runtime
 from nettrain.checkpoint import atomic_write_bytes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nettrain.config import monitor_mode
 from nettrain.data import DataContext, build_data
+from nettrain.errors import UserError
 from nettrain.logs import console, epoch_line, epoch_progress, final_summary
 from nettrain.losses import build_loss
 from nettrain.metrics import RunningTotals, evaluate, summarize
 from nettrain.models import before_data, build_model
+from nettrain.models.tta import with_tta
 from nettrain.optim import build_optimizer, build_scheduler
 from nettrain.overfit import memorizing
 from nettrain.rundir import remove_stale_temp_files
@@ -172,6 +174,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema_decay))
            if t.ema_decay else None)
     eval_model = ema.module if ema is not None else model
+    val_model = with_tta(eval_model, t.get("tta"), spec)  # what validation measures: the mirror too, with tta=flip
     monitor = Monitor(cfg.early_stopping)
     progress = Progress()
     totals = RunningTotals(rt.device, spec.task)  # this epoch's [loss sum, correct, samples]
@@ -302,7 +305,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
             train = summarize(epoch_totals, spec.task)  # reading the totals waits for the device to finish the epoch
             train_seconds = time.perf_counter() - started
             distributed.broadcast_buffers(model, rt)
-            val, _, _ = evaluate(eval_model, data.val, criterion, device=rt.device, task=spec.task,
+            val, _, _ = evaluate(val_model, data.val, criterion, device=rt.device, task=spec.task,
                                  autocast=rt.autocast, limit=t.limit_val_batches,
                                  reduce=lambda v: distributed.all_reduce(v, rt))
             progress.epoch, progress.batch = epoch + 1, 0
@@ -343,7 +346,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     result["model"] = eval_model
     if runlog is not None and spec.task == "classification" and progress.best_epoch and status != "interrupted" \
             and not rt.distributed:  # one rank holds only its shard of the val split
-        _, outputs, targets = evaluate(eval_model, data.val, criterion, device=rt.device, task=spec.task,
+        _, outputs, targets = evaluate(val_model, data.val, criterion, device=rt.device, task=spec.task,
                                        autocast=rt.autocast, limit=t.limit_val_batches, collect=True)
         if targets is not None and targets.dim() == 1:  # single-label: multi-label has no confusion matrix
             runlog.confusion_matrix(outputs, targets, spec.class_names, progress.step)
@@ -362,6 +365,10 @@ def _restore(ckpt: dict[str, Any], model: torch.nn.Module, ema: torch.nn.Module 
     if ema is not None:
         ema.module.load_state_dict(ckpt["model"])
         ema.n_averaged.fill_(ckpt.get("ema_updates", 0))
+    saved, built = len(ckpt["optimizer"]["param_groups"]), len(optimizer.param_groups)
+    if saved != built:  # load_state_dict would stop with a ValueError
+        raise UserError(f"cannot resume {ckpt['path']}: its optimizer state has {saved} parameter group(s), this "
+                        f"run's optimizer {built} (optimizer or model settings differ); start a new run instead")
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     scaler.load_state_dict(ckpt["scaler"])

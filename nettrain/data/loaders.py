@@ -11,7 +11,9 @@ interrupted epoch already used.
 from __future__ import annotations
 
 import atexit
+import itertools
 import signal
+import time
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -139,16 +141,23 @@ def _close_open_loaders() -> None:
         loader.close()
 
 
+# (epoch, seconds its consumer waited for batches, seconds it took): a StreamLoader's report on the
+# first epoch it serves, e.g. a hint that decoding bounds the training.
+EpochReport = Callable[[int, float, float], None]
+
+
 class StreamLoader(_Planned):
-    """A Dataset decoded on the fly by DataLoader workers, batched by the same plan as TensorLoader."""
+    """A Dataset decoded on the fly by DataLoader workers, batched by the same plan as TensorLoader.
+    It times how long its consumer waits for each batch; `on_first_epoch` gets that epoch's total."""
 
     def __init__(self, dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool,
                  num_workers: int = 0, pin_memory: bool = False, transform: BatchTransform | None = None,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, on_first_epoch: EpochReport | None = None) -> None:
         super().__init__(len(dataset), batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                          transform=transform, rank=rank, world_size=world_size)
         self.dataset = dataset
         self.epoch, self.start = 0, 0
+        self.on_first_epoch = on_first_epoch
         self.loader = DataLoader(dataset, batch_sampler=_PlanSampler(self), num_workers=num_workers,
                                  pin_memory=pin_memory, persistent_workers=num_workers > 0,
                                  generator=torch.Generator().manual_seed(seed), worker_init_fn=_leave_stop_signals_to_the_main_process)
@@ -163,12 +172,26 @@ class StreamLoader(_Planned):
 
     def batches(self, epoch: int, start: int = 0, device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         self.epoch, self.start = epoch, start
-        for i, (x, y) in enumerate(self.loader, start):
-            if device is not None:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if self.transform is not None:
-                x = self.transform(x, epoch, i)
-            yield x, y
+        began = time.perf_counter()
+        batches = iter(self.loader)  # the first epoch's starts the workers: waiting too
+        waited = time.perf_counter() - began  # and in next(): the batch was not decoded yet
+        try:
+            for i in itertools.count(start):
+                asked = time.perf_counter()
+                batch = next(batches, None)
+                waited += time.perf_counter() - asked
+                if batch is None:
+                    return
+                x, y = batch
+                if device is not None:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if self.transform is not None:
+                    x = self.transform(x, epoch, i)
+                yield x, y
+        finally:  # the epoch's end, or its consumer stopping early (a batch limit, an interrupt)
+            report, self.on_first_epoch = self.on_first_epoch, None
+            if report is not None:
+                report(epoch, waited, time.perf_counter() - began)
 
 
 Loader = TensorLoader | StreamLoader  # a TextLoader is a TensorLoader

@@ -18,6 +18,9 @@ from nettrain.data.spec import DataSpec
 from nettrain.errors import invalid
 from nettrain.models.net import Net
 
+# The models whose `model.pretrained=imagenet` is torchvision's ImageNet weights.
+IMAGENET_MODELS = ("resnet18", "resnet34", "resnet50")
+
 # model.name -> "module:function" building it (imported only when chosen).
 MODELS: dict[str, str] = {
     "mlp": "nettrain.models.net:mlp",
@@ -57,9 +60,10 @@ def describe(cfg: DictConfig | dict) -> str:
 
 def before_data(cfg: DictConfig) -> None:
     """What a run checks or fetches for its model before any data is read: the user's `_target_`s
-    import (a missing module fails at once), and a pretrained timm model's weights are in the cache
-    (setting the data's normalization and image size to theirs); image data left at `auto` takes
-    the preprocessing of the weights the model starts from."""
+    import (a missing module fails at once), a pretrained timm model's weights are in the cache
+    (setting the data's normalization and image size to theirs), and so are a ResNet's ImageNet
+    weights (`model.pretrained=imagenet`); image data left at `auto` takes the preprocessing of
+    the weights the model starts from."""
     from nettrain.targets import GROUPS, locate
 
     for group in GROUPS:
@@ -70,6 +74,11 @@ def before_data(cfg: DictConfig) -> None:
         from nettrain.models import zoo
 
         zoo.before_data(cfg)
+    elif "_target_" not in cfg.model and cfg.model.get("pretrained") == "imagenet" \
+            and cfg.model.get("name") in IMAGENET_MODELS:
+        from nettrain.finetune import fetch_imagenet
+
+        fetch_imagenet(cfg.model.name)
     _preprocessing_from_weights(cfg)
 
 
