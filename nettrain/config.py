@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from nettrain.errors import UserError, invalid
 
-MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy", "val_rmse", "val_mae")
+MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy", "val_rmse", "val_mae", "val_f1", "val_precision",
+            "val_recall")
+MAXIMIZED = ("accuracy", "f1", "precision", "recall")
 
 
 def _slug(text: str) -> str:
@@ -29,8 +31,9 @@ def _slug(text: str) -> str:
 
 
 def monitor_mode(monitor: str, mode: str = "auto") -> str:
-    """`min` or `max` for early_stopping.monitor: `auto` maximizes accuracy, minimizes losses and errors."""
-    return mode if mode != "auto" else ("max" if "accuracy" in str(monitor) else "min")
+    """`min` or `max` for early_stopping.monitor: `auto` maximizes accuracy, F1, precision and recall,
+    minimizes losses and errors."""
+    return mode if mode != "auto" else ("max" if any(m in str(monitor) for m in MAXIMIZED) else "min")
 
 
 def _sweep_direction(monitor: str, mode: str) -> str:
@@ -169,6 +172,8 @@ RULES: list[Rule] = [
     ("trainer.overfit_batches", _optional(lambda v: _int(v) and v >= 1), "must be null or an integer >= 1"),
     ("trainer.limit_val_batches", _optional(lambda v: _int(v) and v >= 1), "must be null or an integer >= 1"),
     ("trainer.eval_batch_size", _optional(lambda v: _int(v) and v >= 1), "must be null or an integer >= 1"),
+    ("threshold", lambda v: v in ("auto", None) or (_number(v) and 0 < v < 1),
+     "allowed: auto, null (argmax) or a number in (0, 1) (a threshold on the rare class's probability)"),
     ("early_stopping.monitor", _one_of(*MONITORS), "allowed: " + ", ".join(MONITORS)),
     ("early_stopping.mode", _one_of("auto", "min", "max"), "allowed: auto, min, max"),
     ("early_stopping.patience", _optional(lambda v: _int(v) and v >= 1), "must be null or an integer >= 1"),

@@ -60,6 +60,17 @@ def all_gather(tensor: torch.Tensor, rt: Runtime) -> torch.Tensor:
     return torch.stack(parts)
 
 
+def all_gather_rows(tensor: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    """Every rank's rows of `tensor` (as many as each rank has), concatenated in rank order: a split's
+    outputs whole again from the ranks' shards."""
+    if not rt.distributed:
+        return tensor
+    sizes = all_gather(torch.tensor([len(tensor)], device=tensor.device), rt).flatten().tolist()
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[:len(tensor)] = tensor
+    return torch.cat([rows[:n] for rows, n in zip(all_gather(padded, rt), sizes)])
+
+
 def all_gather_object(obj: Any, rt: Runtime) -> list[Any]:
     """Every rank's `obj` (tensors, numbers, strings, lists, dicts: what a checkpoint holds), in rank order."""
     if not rt.distributed:

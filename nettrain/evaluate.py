@@ -34,6 +34,9 @@ Evaluate a checkpoint (a .pt file, or a run dir for its checkpoints/best.pt) on 
 (default) or the test split of its data: loss, accuracy, per-class precision / recall / F1 and the
 confusion matrix (regression: loss, RMSE, MAE, R2). The data is rebuilt from the checkpoint's
 config; data.KEY=VALUE changes it, e.g. data.root=DIR to evaluate on other files.
+A binary classifier decides as training's validation did at the checkpoint's epoch: by the
+threshold on its rare class's probability stored in the checkpoint (see train's threshold=), else
+by argmax; accuracy, the tables and the confusion matrix all use that decision.
 A checkpoint of your own model, data or loss (a _target_) is rebuilt only when you name the
 same model._target_, data._target_ or loss._target_ here: code named by a checkpoint is never
 imported on its own.
@@ -70,6 +73,7 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: di
     `confirmed`: the `model`, `loss` (and `data`, from `data_overrides`) `_target_`s the user names."""
     from nettrain.config import validate
     from nettrain.data import DataContext, build_data
+    from nettrain.decision import Decision
     from nettrain.inference import CONFIRM_HOW
     from nettrain.logs import step_bar
     from nettrain.losses import build_loss
@@ -118,18 +122,25 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: di
     if loaded.spec.task == "regression":
         metrics |= regression_metrics(outputs.squeeze(-1), targets)
     else:
-        metrics |= {"accuracy": summary["accuracy"]} | classification_metrics(outputs, targets, loaded.spec.class_names)
+        decision = Decision.from_checkpoint(loaded.decision, loaded.spec) if targets.dim() == 1 else None
+        if decision is None:
+            metrics["accuracy"], predicted = summary["accuracy"], outputs.argmax(-1)
+        else:  # binary: decided as validation decided at the checkpoint's epoch (its threshold, or argmax)
+            threshold, decided = decision.measure(outputs, targets)
+            metrics |= {"accuracy": decided["accuracy"], "positive_class": decision.positive_class, "threshold": threshold,
+                        **{k: decided[k] for k in ("precision", "recall", "f1")}}
+            predicted = decision.predict(outputs, threshold)
+        metrics |= classification_metrics(predicted, targets, loaded.spec.class_names)
     return Evaluation(split, metrics, outputs, targets, loaded.spec, loaded.run_dir)
 
 
-def classification_metrics(outputs: Tensor, targets: Tensor, class_names: list[str]) -> dict[str, Any]:
+def classification_metrics(predicted: Tensor, targets: Tensor, class_names: list[str]) -> dict[str, Any]:
     """Per-class precision / recall / F1 / support, their macro averages and the confusion matrix
-    (rows: true class, columns: predicted class)."""
+    (rows: true class, columns: predicted class), of the `predicted` class indices."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     labels = list(range(len(class_names)))
-    predicted = outputs.argmax(-1).numpy()
-    truth = targets.numpy()
+    predicted, truth = predicted.numpy(), targets.numpy()
     precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=labels, zero_division=0)
     per_class = {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                  for name, p, r, f, s in zip(class_names, precision, recall, f1, support)}
@@ -165,8 +176,8 @@ def write_report(result: Evaluation, output: Path) -> None:
 
     output.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(str(output))
-    for key in ("loss", "accuracy", "macro_f1", "rmse", "mae", "r2"):
-        if key in result.metrics:
+    for key in ("loss", "accuracy", "macro_f1", "f1", "threshold", "rmse", "mae", "r2"):
+        if result.metrics.get(key) is not None:
             writer.add_scalar(f"eval_{result.split}/{key}", result.metrics[key], 0)
     if "confusion_matrix" in result.metrics:
         figure = confusion_figure(result.metrics["confusion_matrix"], result.spec.class_names,
@@ -198,6 +209,9 @@ def print_report(result: Evaluation) -> None:
 
     m, out = result.metrics, result_console()
     summary = Table(title=f"{m['split']} split: {m['samples']} samples", show_header=False)
+    if "positive_class" in m:  # binary: what accuracy and the tables below are decided by
+        summary.add_row("decision", f"{m['positive_class']} when its probability >= {m['threshold']:.4g}"
+                        if m["threshold"] is not None else "argmax")
     for key in ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1", "rmse", "mae", "r2"):
         if key in m:
             summary.add_row(key, f"{m[key]:.2%}" if key == "accuracy" else f"{m[key]:.4f}")

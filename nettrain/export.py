@@ -34,7 +34,8 @@ size. The export is checked against the PyTorch model on sample inputs (max abs 
 most 1e-4, or 1e-4 x the largest output where outputs exceed 1) before anything is written.
 Beside the model, a .json file of the same name holds what a program needs to use it: input
 shape, preprocessing (image size, channels, mean, std, or the tabular statistics), class names,
-and the input/output names.
+the input/output names, and for a binary classifier its decision (the threshold on its rare
+class's probability, or argmax).
 
 Default output: RUN_DIR/export/CKPT_NAME.onnx (or .torchscript.pt).
 A checkpoint of your own model (model._target_) is rebuilt only when you name the same
@@ -207,7 +208,19 @@ def describe(loaded: Loaded, fmt: str, target: Path, diff: float, tolerance: flo
         # trainer.tta=flip: the exported model averages each image's logits with its mirror's, as eval and predict do.
         "tta": loaded.config.get("trainer", {}).get("tta"),
         "preprocessing": preprocessing, "max_abs_diff": diff, "tolerance": tolerance,
+        **({"decision": _decision(loaded)} if spec.task == "classification" and spec.num_classes == 2 else {}),
     }
+
+
+def _decision(loaded: Loaded) -> dict[str, Any]:
+    """How the trained binary classifier decides between its two classes, for the exported model's users."""
+    from nettrain.decision import Decision
+
+    d = Decision.from_checkpoint(loaded.decision, loaded.spec)
+    other = d.class_names[1 - d.positive]
+    return {"positive_class": d.positive_class, "threshold": d.fixed,
+            "rule": f"{d.positive_class} when softmax(output)[{d.positive}] >= threshold, else {other}"
+            if d.fixed is not None else "argmax of the outputs (no threshold)"}
 
 
 def _first_line(e: BaseException) -> str:

@@ -122,6 +122,7 @@ class Loaded:
     config: DictConfig         # the training run's resolved config
     path: Path                 # the checkpoint file
     device: torch.device
+    decision: dict[str, Any] | None = None  # binary classification: the positive class and threshold (nettrain.decision)
 
     @property
     def run_dir(self) -> Path:
@@ -169,4 +170,5 @@ def load_model(ckpt: str | Path, device: str = "cpu", confirmed: dict[str, Any] 
     model = model.to(target, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     # Test-time augmentation as validation measured it (trainer.tta=flip: the image and its mirror).
     model = with_tta(model, OmegaConf.select(config, "trainer.tta", default=None), spec)
-    return Loaded(model=model.eval(), spec=spec, config=config, path=Path(state["path"]), device=target)
+    return Loaded(model=model.eval(), spec=spec, config=config, path=Path(state["path"]), device=target,
+                  decision=state.get("decision"))

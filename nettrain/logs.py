@@ -151,14 +151,17 @@ def labelled(label: str, value: str, *, log: bool = False, indent: int = 0, out:
 
 
 def epoch_line(r: dict[str, Any], max_epochs: int, improved: bool) -> str:
-    """One epoch in at most 80 columns: `epoch  3/20  loss 0.4123 val 0.3778  acc 88.0% val 90.6%  lr 1.0e-03  0.1s *`."""
+    """One epoch in at most 80 columns: `epoch  3/20  loss 0.4123 val 0.3778  acc 88.0% val 90.6%  lr 1.0e-03  0.1s *`
+    (binary classification: `val f1 0.812 @0.22`, the rare class's F1 at the decision threshold, for the accuracies)."""
     width = len(str(max_epochs))
     parts = [f"epoch {r['epoch']:>{width}}/{max_epochs}"]
     if "val_rmse" in r:  # regression: the loss is the MSE, so RMSE and MAE say it in the target's units
         parts += [f"rmse {r['train_rmse']:.4g} val {r['val_rmse']:.4g}", f"mae {r['train_mae']:.4g} val {r['val_mae']:.4g}"]
     else:
         parts.append(f"loss {r['train_loss']:.4g} val {r['val_loss']:.4g}")
-    if "val_accuracy" in r:
+    if "val_f1" in r:  # binary: the rare class's F1 says more than an accuracy the common class makes high
+        parts.append(f"val f1 {r['val_f1']:.3f} @{r['val_threshold']:.2f}")
+    elif "val_accuracy" in r:
         parts.append(f"acc {r['train_accuracy']:.1%} val {r['val_accuracy']:.1%}")
     parts += [f"lr {r['lr']:.1e}", f"{r['seconds']:.1f}s" if r["seconds"] < 100 else f"{r['seconds']:.0f}s"]
     return "  ".join(parts) + (" *" if improved else "")
@@ -169,7 +172,8 @@ def final_summary(result: dict[str, Any], record: dict[str, Any], run_dir: Any, 
     on its own line when it would not fit the terminal."""
     out = out or console
     best = record.get("best", {})
-    metrics = "  ".join(f"{k[4:]} {v:.4f}" for k, v in best.items() if k in ("val_loss", "val_accuracy", "val_rmse", "val_mae"))
+    shown = ("val_loss", "val_accuracy", "val_f1", "val_rmse", "val_mae")
+    metrics = "  ".join(f"{k[4:]} {v:.4f}" for k, v in best.items() if k in shown)
     color = {"completed": "green", "stopped_early": "green", "interrupted": "yellow"}.get(result["status"], "red")
     seconds = record.get("total_seconds")
     out.print(f"[bold {color}]{result['status']}[/] after {record['epochs']} epoch(s)"

@@ -88,7 +88,8 @@ def evaluate(model: nn.Module, loader: Loader, criterion: nn.Module, *, device: 
              reduce: Any = None, on_batch: Callable[[], None] | None = None
              ) -> tuple[dict[str, float], Tensor | None, Tensor | None]:
     """Metrics of `model` over `loader` (first `limit` batches). With `collect`, also every output
-    and target (on the CPU), for confusion matrices and per-class metrics. `reduce` sums the totals
+    and target (gathered on the device, returned on the CPU), for confusion matrices, per-class
+    metrics and the decision threshold. `reduce` sums the totals
     across data-parallel ranks; `on_batch` is called after each batch (a progress bar)."""
     was_training = model.training
     model.eval()
@@ -102,8 +103,8 @@ def evaluate(model: nn.Module, loader: Loader, criterion: nn.Module, *, device: 
             loss = criterion(out, y)
         totals += batch_totals(out, y, loss, task)
         if collect:
-            outputs.append(out.float().cpu())
-            targets.append(y.cpu())
+            outputs.append(out.float())  # stays on the device: no batch waits for a copy to the host
+            targets.append(y)
         if on_batch is not None:
             on_batch()
     if reduce is not None:
@@ -111,4 +112,4 @@ def evaluate(model: nn.Module, loader: Loader, criterion: nn.Module, *, device: 
     model.train(was_training)
     if not collect:
         return summarize(totals, task), None, None
-    return summarize(totals, task), torch.cat(outputs) if outputs else None, torch.cat(targets) if targets else None
+    return summarize(totals, task), torch.cat(outputs).cpu() if outputs else None, torch.cat(targets).cpu() if targets else None

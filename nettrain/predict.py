@@ -36,7 +36,9 @@ for its checkpoints/best.pt. input is an image, a folder of images (searched rec
 for a model trained on tabular data a CSV file whose rows are predicted (each named FILE:LINE,
 the header being line 1). For a model trained on text (data=text): text="..." predicts one text;
 input= a file of one text per line, or a .csv/.tsv/.jsonl file with the training text column (each
-named FILE:LINE). Unreadable inputs are reported on stderr and skipped.
+named FILE:LINE). Unreadable inputs are reported on stderr and skipped. A binary classifier
+trained with a decision threshold (train's threshold=) predicts its rare class when that class's
+probability reaches the threshold stored in the checkpoint; the probabilities shown are the softmax ones.
 
   top_k=N       the N most probable classes per input (default: 3 in the table, all in JSON)
   format=table  a table on stdout (default); json: a list of {"input", "prediction",
@@ -71,6 +73,8 @@ class Results:
     predictions: list[Prediction]
     failures: list[tuple[str, str]]          # (input, why it could not be read)
     class_names: list[str]
+    threshold: float | None = None           # binary: the positive class is predicted when its probability >= this
+    positive_class: str | None = None
 
 
 def predict(ckpt: str | Path, source: str | Path | None, *, batch_size: int = 64, device: str = "auto",
@@ -86,7 +90,11 @@ def predict(ckpt: str | Path, source: str | Path | None, *, batch_size: int = 64
         if not path.exists():
             raise invalid("input", str(source), "no such file or directory")
         inputs, encode = _inputs(loaded, path, str(source))
-    results = Results([], [], loaded.spec.class_names)
+    from nettrain.decision import Decision
+
+    decision = Decision.from_checkpoint(loaded.decision, loaded.spec)
+    threshold = decision.fixed if decision is not None else None
+    results = Results([], [], loaded.spec.class_names, threshold, decision.positive_class if threshold is not None else None)
     from nettrain.logs import step_bar
 
     # A bar (inputs done, inputs/s, ETA) when there is more than one batch, on a terminal.
@@ -95,7 +103,7 @@ def predict(ckpt: str | Path, source: str | Path | None, *, batch_size: int = 64
             chunk = inputs[start:start + batch_size]
             names, batch = _encode(chunk, encode, results.failures)
             if names:
-                results.predictions += _predict_batch(loaded, names, batch)
+                results.predictions += _predict_batch(loaded, names, batch, decision)
             bar.advance(len(chunk))
     if not results.predictions:
         if len(inputs) == 1:
@@ -179,7 +187,9 @@ def _text_input(loaded: Loaded, text: str) -> tuple[list[tuple[str, Any]], Calla
     return [(text, text)], encoder_for(loaded.spec.preprocessing)
 
 
-def _predict_batch(loaded: Loaded, names: list[str], batch: Tensor) -> list[Prediction]:
+def _predict_batch(loaded: Loaded, names: list[str], batch: Tensor, decision: Any = None) -> list[Prediction]:
+    """Predictions for one batch; a binary `decision` (nettrain.decision.Decision) picks the class by its
+    threshold, the probabilities stay the softmax ones."""
     import torch
 
     with torch.inference_mode():
@@ -189,10 +199,11 @@ def _predict_batch(loaded: Loaded, names: list[str], batch: Tensor) -> list[Pred
     # Softmax for every classification loss: probabilities that sum to 1, ranked as the logits are.
     probabilities = outputs.softmax(-1)
     classes = loaded.spec.class_names
+    chosen = decision.predict(outputs, decision.fixed) if decision is not None else outputs.argmax(-1)
     predictions = []
-    for name, p in zip(names, probabilities):
+    for name, p, c in zip(names, probabilities, chosen.tolist()):
         order = p.argsort(descending=True).tolist()
-        predictions.append(Prediction(name, classes[order[0]], {classes[i]: float(p[i]) for i in order}))
+        predictions.append(Prediction(name, classes[c], {classes[i]: float(p[i]) for i in order}))
     return predictions
 
 
@@ -201,7 +212,8 @@ def top(prediction: Prediction, k: int | None) -> dict[str, float]:
 
 
 def write_json(results: Results, top_k: int | None) -> None:
-    rows = [{"input": p.input, "prediction": p.prediction,
+    decided = {"threshold": results.threshold} if results.threshold is not None else {}
+    rows = [{"input": p.input, "prediction": p.prediction, **decided,
              **({"probabilities": top(p, top_k)} if p.probabilities else {})} for p in results.predictions]
     json.dump(rows, sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -229,7 +241,9 @@ def write_table(results: Results, top_k: int | None) -> None:
             table.add_row(escape(p.input), f"{p.prediction:.6g}")
         else:
             shown = "  ".join(f"{escape(c)} {v:.1%}" for c, v in top(p, top_k or TABLE_TOP_K).items())
-            table.add_row(escape(p.input), escape(str(p.prediction)), shown)
+            # A binary model deciding by a threshold says so: "failure 31%" may well be predicted failure.
+            decided = f" (threshold {results.threshold:.2g})" if results.threshold is not None else ""
+            table.add_row(escape(p.input), escape(str(p.prediction)) + decided, shown)
     result_console().print(table)
 
 

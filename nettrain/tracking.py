@@ -125,8 +125,9 @@ class RunLog:
         for logger in self.loggers:
             logger.text(tag, message, step)
 
-    def confusion_matrix(self, outputs: Any, targets: Any, class_names: list[str], step: int) -> None:
-        """The best model's confusion matrix on the val split, as confusion_matrix.png and to the loggers."""
+    def confusion_matrix(self, predicted: Any, targets: Any, class_names: list[str], step: int) -> None:
+        """The best model's confusion matrix on the val split (`predicted`: its decided classes), as
+        confusion_matrix.png and to the loggers."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -134,7 +135,7 @@ class RunLog:
 
         from nettrain.evaluate import classification_metrics, confusion_figure
 
-        matrix = classification_metrics(outputs, targets, class_names)["confusion_matrix"]
+        matrix = classification_metrics(predicted, targets, class_names)["confusion_matrix"]
         figure = confusion_figure(matrix, class_names, f"confusion matrix: val split, best epoch ({len(targets)} samples)")
         figure.savefig(self.run_dir / "confusion_matrix.png", dpi=120, bbox_inches="tight")
         for logger in self.loggers:

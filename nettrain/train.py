@@ -20,6 +20,7 @@ from nettrain import distributed, runtime
 from nettrain.checkpoint import atomic_write_bytes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nettrain.config import monitor_mode
 from nettrain.data import DataContext, build_data
+from nettrain.decision import Decision
 from nettrain.errors import UserError
 from nettrain.logs import console, epoch_line, epoch_progress, final_summary
 from nettrain.losses import build_loss
@@ -47,6 +48,7 @@ class Progress:
     stale_epochs: int = 0            # epochs since the monitored metric last improved
     overfit_warned: bool = False
     top_k: list[list[Any]] = field(default_factory=list)   # [value, file name], best first
+    threshold: float | None = None   # binary classification: the last validation's decision threshold (None: argmax)
 
 
 class Monitor:
@@ -153,6 +155,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
         resident=resident is True or (resident == "auto" and rt.device.type == "cuda"),
         eval_batch_size=t.eval_batch_size or 4 * cfg.data.batch_size))
     spec = data.spec
+    decision = Decision.for_run(cfg.get("threshold"), spec, data.train, cfg.early_stopping.monitor)  # binary only
     model = build_model(cfg.model, spec)
     if cfg.model.get("init_from") or cfg.model.get("pretrained") or cfg.model.get("freeze"):
         from nettrain.finetune import prepare
@@ -202,6 +205,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
         runlog.write(status="running")  # metrics.json as last.pt knows the run, whatever a kill left
     if runlog is not None:
         runlog.start(startup(cfg, rt, data, model, steps_per_epoch, channels_last), spec.task)
+        runlog.record["decision"] = decision.record() if decision is not None else None
 
     train_model: torch.nn.Module = model
     if rt.distributed:
@@ -225,7 +229,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
             "progress": asdict(progress), "epoch_totals": totals.tensor().cpu(),
             "config": OmegaConf.to_container(cfg, resolve=True), "spec": spec.to_dict(),
             "record": runlog.record if runlog is not None else {}, "rng": rngs,
-            "data_fingerprint": data.fingerprint,
+            "data_fingerprint": data.fingerprint, "decision": decision and decision.state(progress.threshold),
         }
 
     def save_last() -> None:
@@ -305,9 +309,12 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
             train = summarize(epoch_totals, spec.task)  # reading the totals waits for the device to finish the epoch
             train_seconds = time.perf_counter() - started
             distributed.broadcast_buffers(model, rt)
-            val, _, _ = evaluate(val_model, data.val, criterion, device=rt.device, task=spec.task,
-                                 autocast=rt.autocast, limit=t.limit_val_batches,
-                                 reduce=lambda v: distributed.all_reduce(v, rt))
+            val, outputs, targets = evaluate(val_model, data.val, criterion, device=rt.device, task=spec.task,
+                                             autocast=rt.autocast, limit=t.limit_val_batches, collect=decision is not None,
+                                             reduce=lambda v: distributed.all_reduce(v, rt))
+            if decision is not None:  # binary: the rare class's precision, recall, F1 on the whole split, at its threshold
+                progress.threshold, decided = decision.measure(outputs, targets, lambda v: distributed.all_gather_rows(v, rt))
+                val |= decided
             progress.epoch, progress.batch = epoch + 1, 0
             totals = RunningTotals(rt.device, spec.task)
             record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train.items()},
@@ -340,16 +347,20 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
         lr = optimizer.param_groups[0]["lr"]
         result["error"] = (f"training diverged: loss={value:.4g} at step {step} (epoch {progress.epoch + 1}) with "
                            f"lr={lr:.3g}; the learning rate is probably too high: try optimizer.lr={cfg.optimizer.lr / 10:.3g}")
+    best_threshold = None
     if (ckpt_dir / "best.pt").is_file():
         # The final model is the best one, not the last (which may be past the point of overfitting).
-        eval_model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt")["model"])
+        best = load_checkpoint(ckpt_dir / "best.pt")
+        eval_model.load_state_dict(best["model"])
+        best_threshold = (best.get("decision") or {}).get("threshold")
     result["model"] = eval_model
     if runlog is not None and spec.task == "classification" and progress.best_epoch and status != "interrupted" \
             and not rt.distributed:  # one rank holds only its shard of the val split
         _, outputs, targets = evaluate(val_model, data.val, criterion, device=rt.device, task=spec.task,
                                        autocast=rt.autocast, limit=t.limit_val_batches, collect=True)
         if targets is not None and targets.dim() == 1:  # single-label: multi-label has no confusion matrix
-            runlog.confusion_matrix(outputs, targets, spec.class_names, progress.step)
+            predicted = decision.predict(outputs, best_threshold) if decision is not None else outputs.argmax(-1)
+            runlog.confusion_matrix(predicted, targets, spec.class_names, progress.step)
     if runlog is not None:
         runlog.write(status=status, **({"error": result["error"]} if "error" in result else {}),
                      **({"resume_command": f"nettrain train resume={run_dir}"} if status == "interrupted" else {}))
