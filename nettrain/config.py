@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nettrain.errors import UserError, invalid
 
-MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy", "val_rmse", "val_mae", "val_f1", "val_precision",
+MONITORS = ("auto", "val_loss", "val_accuracy", "train_loss", "train_accuracy", "val_rmse", "val_mae", "val_f1", "val_precision",
             "val_recall")
 MAXIMIZED = ("accuracy", "f1", "precision", "recall")
 

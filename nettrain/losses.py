@@ -88,7 +88,9 @@ def build_loss(cfg: DictConfig, spec: DataSpec, class_weights: list[float] | Non
     if "_target_" in cfg:
         return target_loss(cfg, spec, weight)
     if spec.task == "regression":
-        if cfg.name != "mse":
+        if cfg.name == "cross_entropy":  # the default: say what a number to predict is trained with
+            log.info("a numeric target (regression): training with loss=mse, cross_entropy is for classes")
+        elif cfg.name != "mse":
             raise invalid("loss", cfg.name, "regression targets need loss=mse")
         return RegressionMSE()
     if cfg.name == "cross_entropy":

@@ -20,6 +20,7 @@ from nettrain import distributed, runtime
 from nettrain.checkpoint import atomic_write_bytes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nettrain.config import monitor_mode
 from nettrain.data import DataContext, build_data
+from nettrain.data.spec import DataSpec
 from nettrain.decision import Decision
 from nettrain.errors import UserError
 from nettrain.logs import console, epoch_line, epoch_progress, final_summary
@@ -74,6 +75,16 @@ class Monitor:
 
     def exhausted(self, progress: Progress) -> bool:
         return bool(self.patience) and progress.stale_epochs >= self.patience
+
+
+def auto_monitor(spec: DataSpec, decision: Decision | None) -> str:
+    """What `early_stopping.monitor=auto` watches: the rare class's F1 when a threshold is tuned for
+    it (accuracy hides a rare class: 97 % is what always saying "no failure" scores), accuracy for
+    other classification (with label smoothing the val loss bottoms out before the accuracy peaks),
+    the loss for regression."""
+    if spec.task == "regression":
+        return "val_loss"
+    return "val_f1" if decision is not None and decision.tune else "val_accuracy"
 
 
 class StopSignal:
@@ -156,6 +167,8 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
         eval_batch_size=t.eval_batch_size or 4 * cfg.data.batch_size))
     spec = data.spec
     decision = Decision.for_run(cfg.get("threshold"), spec, data.train, cfg.early_stopping.monitor)  # binary only
+    if cfg.early_stopping.monitor == "auto":  # resolved into the config: the checkpoint and a resume see the key
+        cfg.early_stopping.monitor = auto_monitor(spec, decision)
     model = build_model(cfg.model, spec)
     if cfg.model.get("init_from") or cfg.model.get("pretrained") or cfg.model.get("freeze"):
         from nettrain.finetune import prepare
