@@ -152,14 +152,15 @@ def labelled(label: str, value: str, *, log: bool = False, indent: int = 0, out:
 
 def epoch_line(r: dict[str, Any], max_epochs: int, improved: bool) -> str:
     """One epoch in at most 80 columns: `epoch  3/20  loss 0.4123 val 0.3778  acc 88.0% val 90.6%  lr 1.0e-03  0.1s *`
-    (binary classification: `val f1 0.812 @0.22`, the rare class's F1 at the decision threshold, for the accuracies)."""
+    (binary classification decided at a threshold other than argmax's 0.5: `val f1 0.812 @0.22`, the rare
+    class's F1 at that threshold, for the accuracies)."""
     width = len(str(max_epochs))
     parts = [f"epoch {r['epoch']:>{width}}/{max_epochs}"]
     if "val_rmse" in r:  # regression: the loss is the MSE, so RMSE and MAE say it in the target's units
         parts += [f"rmse {r['train_rmse']:.4g} val {r['val_rmse']:.4g}", f"mae {r['train_mae']:.4g} val {r['val_mae']:.4g}"]
     else:
         parts.append(f"loss {r['train_loss']:.4g} val {r['val_loss']:.4g}")
-    if "val_f1" in r:  # binary: the rare class's F1 says more than an accuracy the common class makes high
+    if r.get("val_threshold", 0.5) != 0.5:  # a rare class: its F1 says more than an accuracy the common class makes high
         parts.append(f"val f1 {r['val_f1']:.3f} @{r['val_threshold']:.2f}")
     elif "val_accuracy" in r:
         parts.append(f"acc {r['train_accuracy']:.1%} val {r['val_accuracy']:.1%}")

@@ -124,8 +124,14 @@ def text_recipe(spec: str, out: Path, extra: list[str]) -> dict[str, Any]:
     nettrain("eval", f"ckpt={result['run_dir']}", "split=test", f"data.test_path={test_file}")
     test = json.loads((Path(result["run_dir"]) / "eval" / "test" / "metrics.json").read_text())
     return result | {"data": train_file, "test_accuracy": round(test["accuracy"], 4),
-                     "reference": {"model": "TF-IDF word+char n-grams, LinearSVC (scripts/bench_text.py)",
-                                   "accuracy on TREC test": 0.882}}
+                     "reference": {"model": "TF-IDF+LinearSVC (scripts/bench_text.py)", "test_accuracy": 0.882}}
+
+
+SHORT = {"accuracy": "acc", "f1": "F1", "rmse": "RMSE", "test_accuracy": "test acc"}
+
+
+def _scores(r: dict[str, Any]) -> str:
+    return ", ".join(f"{SHORT[k]} {r[k]:.3f}" for k in SHORT if r.get(k) is not None)
 
 
 def show(results: list[dict[str, Any]]) -> None:
@@ -134,13 +140,13 @@ def show(results: list[dict[str, Any]]) -> None:
 
     table = Table(title="nettrain recipes on real data")
     for column in ("recipe", "data", "score", "wall", "epochs", "reference", "bar"):
-        table.add_column(column, justify="right" if column in ("score", "wall", "epochs") else "left")
+        table.add_column(column, justify="right" if column in ("wall", "epochs") else "left")
     for r in results:
-        score = ", ".join(f"{k} {r[k]:.3f}" for k in ("accuracy", "f1", "rmse", "test_accuracy") if k in r)
         ref = r["reference"]
-        reference = ", ".join(f"{k} {v}" for k, v in ref.items() if k not in ("bar", "data") and v is not None)
-        table.add_row(r["recipe"], str(r["data"]), score, f"{r['seconds']:.0f} s", str(r["epochs"]), reference,
-                      ref.get("bar", ""))
+        reference = (f"{ref['model'].split('(')[0]} {_scores(ref)}" + (f" ({ref['seconds']:.0f} s)" if "seconds" in ref else "")
+                     if "model" in ref else _scores(ref))
+        table.add_row(r["recipe"], Path(r["data"]).name, _scores(r), f"{r['seconds']:.0f} s", str(r["epochs"]),
+                      reference, ref.get("bar", ""))
     Console().print(table)
 
 

@@ -3,6 +3,8 @@ that refuses what the real one refuses (an index-less device), as every GPU does
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -70,3 +72,18 @@ def test_inference_loads_onto_an_indexed_gpu(fake_cuda, monkeypatch, digits_run)
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append(a[0]) or self)
     loaded = inference.load_model(digits_run, device="cuda")
     assert loaded.device == torch.device("cuda", 0) and moved == [torch.device("cuda", 0)]
+
+
+def test_threads_follow_the_cores_busy_now_not_the_last_minute(monkeypatch):
+    """The 1-minute load average still counts a run that just ended; /proc/stat says what is busy now."""
+    conv = torch.nn.Conv2d(3, 8, 3)
+    conv.convolutional = True
+    monkeypatch.setattr(runtime, "available_cores", lambda: 2)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (2.0, 2.0, 2.0))
+    monkeypatch.setattr(runtime, "busy_cores", lambda window=0.25: 0.1)
+    assert runtime.choose_threads(conv, 32)[0] == 2
+    monkeypatch.setattr(runtime, "busy_cores", lambda window=0.25: 1.2)
+    assert runtime.choose_threads(conv, 32) == (1, "2 core(s), 1.2 busy with other work")
+    monkeypatch.undo()
+    assert 0.0 <= runtime.busy_cores(0.05) <= (os.cpu_count() or 1)

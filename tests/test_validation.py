@@ -30,7 +30,7 @@ BAD_INPUTS = [
     (["trainer.max_epoch=3"], "trainer.max_epoch"),
     (["model.activation=swish"], "model.activation='swish': allowed: relu, gelu, tanh, sigmoid, silu"),
     (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0: must be an integer >= 1"),
-    (["early_stopping.monitor=val_f1"], "early_stopping.monitor='val_f1': allowed: val_loss"),
+    (["early_stopping.monitor=val_f2"], "early_stopping.monitor='val_f2': allowed: auto, val_loss"),
     (["model.init_from=/no/such.pt"], "model.init_from='/no/such.pt': no such file or directory"),
     (["resume=/no/such/run"], "resume='/no/such/run': no such file or directory"),
 ]
