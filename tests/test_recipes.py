@@ -34,7 +34,7 @@ def test_mnist_recipe_keeps_glyphs_small_gray_and_unmirrored(tmp_path):
     assert cfg["trainer"]["tta"] is None and cfg["early_stopping"]["monitor"] == "val_accuracy"
 
 
-@pytest.mark.parametrize("recipe, policy", [("cats_dogs", "standard"), ("cifar10", "crop")])
+@pytest.mark.parametrize("recipe, policy", [("cats_dogs", "crop"), ("cifar10", "crop")])
 def test_photo_recipes_crop_flip_and_average_the_mirror(tmp_path, recipe, policy):
     root = image_folder(tmp_path / "photos", per_class=4)
     extra = ["data=imagefolder"] if recipe == "cifar10" else ["model.channels=[4,8]"]
