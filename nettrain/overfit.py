@@ -5,7 +5,9 @@ still learning), and a slow rise with dips never makes three in a row. So the te
 far as a practitioner reads the curves:
 
 - no new best validation loss for `patience` epochs (a new best means it is still learning),
-- validation loss, averaged over those epochs, clearly above its best (by REL_RISE),
+- validation loss, averaged over those epochs, clearly above its best (by REL_RISE), and so is
+  every one of them: a single validation back near the best says the rise was noise (200 val
+  photos swing by 0.07 from one epoch to the next while the model still learns),
 - training loss still falling below where it was at the best epoch,
 - and the gap between them widening: training fits what validation does not. For classification
   training accuracy must also lead validation accuracy by GAP_ACCURACY: a model at 69 % on both
@@ -35,6 +37,8 @@ def memorizing(history: list[dict[str, Any]], patience: int) -> str | None:
     smoothed_train = mean(r["train_loss"] for r in recent)
     at_best = history[best]
     if smoothed_val <= val[best] * (1 + REL_RISE) or smoothed_train >= at_best["train_loss"]:
+        return None
+    if min(r["val_loss"] for r in recent) <= val[best] * (1 + REL_RISE):
         return None
     if smoothed_val - smoothed_train <= at_best["val_loss"] - at_best["train_loss"]:
         return None

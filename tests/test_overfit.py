@@ -52,3 +52,17 @@ def test_regression_needs_no_accuracy():
     train = [1.0, 0.6, 0.4, 0.3, 0.22, 0.15, 0.1]
     val = [1.0, 0.7, 0.55, 0.6, 0.66, 0.72, 0.8]
     assert memorizing(history(train, val), patience=3) is not None
+
+
+def test_one_noisy_epoch_on_200_val_photos_is_not_a_trend():
+    """The cats_dogs recipe, epochs 1-21 (800 photos, 200 val): two bad validations after a new best,
+    then one back near it. The run went on to 0.81 val accuracy at epoch 50: no memorizing yet."""
+    val = [0.725, 0.691, 0.71, 0.649, 0.628, 0.741, 0.656, 0.626, 0.78, 0.691, 0.605, 0.619, 0.616, 0.652, 0.623,
+           0.62, 0.597, 0.577, 0.65, 0.658, 0.584]
+    train = [0.695, 0.673, 0.693, 0.677, 0.676, 0.648, 0.663, 0.648, 0.632, 0.646, 0.659, 0.632, 0.618, 0.618,
+             0.609, 0.578, 0.585, 0.571, 0.584, 0.567, 0.541]
+    train_acc = [0.561, 0.603, 0.583, 0.583, 0.6, 0.642, 0.649, 0.651, 0.669, 0.631, 0.615, 0.669, 0.686, 0.688,
+                 0.682, 0.714, 0.719, 0.729, 0.725, 0.743, 0.751]
+    val_acc = [0.505, 0.58, 0.58, 0.625, 0.64, 0.54, 0.615, 0.645, 0.6, 0.59, 0.68, 0.665, 0.705, 0.605, 0.67,
+               0.675, 0.71, 0.7, 0.635, 0.64, 0.71]
+    assert memorizing(history(train, val, train_acc, val_acc), patience=3) is None
