@@ -75,11 +75,19 @@ def test_regression_reports_rmse_and_mae(tmp_path):
     assert spec["task"] == "regression" and spec["num_classes"] == 1 and spec["class_names"] == []
 
 
-def test_a_float_target_with_the_classification_loss_is_a_clear_error(tmp_path, capsys):
+def test_a_float_target_left_at_the_default_loss_trains_with_mse_and_says_so(tmp_path, caplog):
+    path = machines_csv(tmp_path / "m.csv")
+    run_dir = train(tmp_path, "data=csv", f"data.path={path}", "data.target=wear", "data.categorical=[model]",
+                    "trainer.max_epochs=1")
+    assert "val_rmse" in metrics(run_dir)["history"][0]
+    assert "a numeric target (regression): training with loss=mse" in (run_dir / "train.log").read_text()
+
+
+def test_a_float_target_with_a_classification_loss_is_a_clear_error(tmp_path, capsys):
     path = machines_csv(tmp_path / "m.csv")
     code = run_in_process("train", "data=csv", f"data.path={path}", "data.target=wear", "data.categorical=[model]",
-                          f"hydra.run.dir={tmp_path / 'run'}")
-    assert code == 2 and "loss=mse" in capsys.readouterr().err
+                          "loss=bce", f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 2 and "regression targets need loss=mse" in capsys.readouterr().err
 
 
 def bad_input(tmp_path, capsys, *overrides: str) -> str:
