@@ -111,7 +111,7 @@ def choose_threads(model: torch.nn.Module, batch_size: int, world_size: int = 1)
     return cores, f"{cores} core(s)"
 
 
-def busy_cores(window: float = 0.25) -> float:
+def busy_cores(window: float = 0.1) -> float:
     """Cores busy now, sampled from /proc/stat over `window` seconds (this process is idle while it
     waits). The 1-minute load average lags: a run started right after another saw that one as still
     running and took one thread of two (the cats_dogs recipe's epochs: 21.5 s, against 15.8 s on two). Elsewhere, the load average."""

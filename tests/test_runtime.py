@@ -81,9 +81,9 @@ def test_threads_follow_the_cores_busy_now_not_the_last_minute(monkeypatch):
     monkeypatch.setattr(runtime, "available_cores", lambda: 2)
     monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(runtime.os, "getloadavg", lambda: (2.0, 2.0, 2.0))
-    monkeypatch.setattr(runtime, "busy_cores", lambda window=0.25: 0.1)
+    monkeypatch.setattr(runtime, "busy_cores", lambda window=0.1: 0.1)
     assert runtime.choose_threads(conv, 32)[0] == 2
-    monkeypatch.setattr(runtime, "busy_cores", lambda window=0.25: 1.2)
+    monkeypatch.setattr(runtime, "busy_cores", lambda window=0.1: 1.2)
     assert runtime.choose_threads(conv, 32) == (1, "2 core(s), 1.2 busy with other work")
     monkeypatch.undo()
     assert 0.0 <= runtime.busy_cores(0.05) <= (os.cpu_count() or 1)
