@@ -171,7 +171,7 @@ def main() -> None:
     if args.cats_dogs:
         results.append(image_recipe("cats_dogs", args.cats_dogs, out, args.set))
     if args.cifar:
-        results.append(image_recipe("cifar10", args.cifar, out, args.set, "data=imagefolder"))
+        results.append(image_recipe("cifar10", args.cifar, out, args.set, "data=imagefolder", "data.cache=true"))
     for spec in args.csv:
         results.append(csv_recipe(spec, out, args.set))
     if args.text:
