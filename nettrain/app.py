@@ -220,13 +220,17 @@ def train_task(cfg: DictConfig) -> float:
         log.error("job failed:\n%s", traceback.format_exc())
         _outcome["exit"] = 1
         return _worst(cfg)
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit) as e:
         # A second Ctrl-C quits mid-step: last.pt (written atomically) still holds the last save.
         if started and (run_dir / "checkpoints" / "last.pt").is_file():
             _record_failure(run_dir, "interrupted (second Ctrl-C)", status="interrupted",
                             resume_command=f"nettrain train resume={run_dir}")
         elif started:
             _record_failure(run_dir, "interrupted before the first checkpoint")
+        if isinstance(e, KeyboardInterrupt):
+            # One landing after the loop gave Python back its handler (while the run closes its records):
+            # the same exit 130 as one caught in the loop, not a traceback.
+            raise SystemExit(130) from None
         raise
     finally:
         rundir.unlock(run_dir)

@@ -375,3 +375,14 @@ def test_an_unknown_added_trainer_key_is_refused_with_a_suggestion(capfd):
 def test_options_for_a_target_may_still_be_added(tmp_path):
     run_dir = train(tmp_path, "+optimizer.amsgrad=true", "trainer.max_epochs=1", *SMALL)
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_ctrl_c_after_the_loop_let_go_of_it_is_exit_130_not_a_traceback(tmp_path, monkeypatch):
+    """A second Ctrl-C that lands once the loop has handed SIGINT back to Python (while the run closes
+    its records) arrives as KeyboardInterrupt: the same exit 130 and interrupted status as one in the loop."""
+    import nettrain.launch
+
+    run_dir = train(tmp_path, "trainer.max_epochs=1")
+    monkeypatch.setattr(nettrain.launch, "launch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert run_in_process("train", f"resume={run_dir}", "trainer.max_epochs=2") == 130
+    assert metrics(run_dir)["status"] == "interrupted"
