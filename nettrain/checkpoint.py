@@ -96,11 +96,12 @@ def find_checkpoint(path: str | Path, prefer: str = "best.pt") -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, prefer: str = "best.pt") -> dict[str, Any]:
-    """Load a nettrain checkpoint with `weights_only=True`; anything else is refused in one line."""
+def load_checkpoint(path: str | Path, prefer: str = "best.pt", mmap: bool = False) -> dict[str, Any]:
+    """Load a nettrain checkpoint with `weights_only=True`; anything else is refused in one line.
+    `mmap`: tensors stay on disk until touched (to read only the config or spec)."""
     file = find_checkpoint(path, prefer)
     try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+        ckpt = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # The weights-only unpickler refused the file. A pickle that asks for a class or function
         # (torch names it a "global", in words whose case changes between versions) is a refusal,

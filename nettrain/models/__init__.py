@@ -91,7 +91,8 @@ def _preprocessing_from_weights(cfg: DictConfig) -> None:
         from nettrain.checkpoint import load_checkpoint
         from nettrain.config import absolute
 
-        pre = load_checkpoint(absolute(str(cfg.model.init_from)))["spec"].get("preprocessing", {})
+        # mmap: only the spec is read here; finetune.init_from reads the weights once, later.
+        pre = load_checkpoint(absolute(str(cfg.model.init_from)), mmap=True)["spec"].get("preprocessing", {})
         if pre.get("kind") == "image":
             adopt(cfg.data, {k: pre[k] for k in ("channels", "image_size", "mean", "std")},
                   f"as {cfg.model.init_from} was trained")
