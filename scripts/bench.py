@@ -74,7 +74,7 @@ def cifar10(root: Path, full: bool) -> None:
 CASES = [
     Case("mlp_digits", ["model=mlp"], epochs=4, ddp=True, gpu_epochs=40),
     Case("mlp_table10k", ["model=mlp", "data=csv", "data.path={root}/machines.csv", "data.target=failure",
-                          "data.drop=[id,wear]"], epochs=2,
+                          "data.drop=[id,wear]", "data.categorical=[model]"], epochs=2,
          make_data=lambda root, full: datagen.machines_csv(root / "machines.csv", rows=10_000), gpu_epochs=10),
     Case("cnn_28px", ["model=cnn", "data=mnist", "data.root={root}", "data.augment=none",
                       "trainer.limit_train_batches=8"], epochs=2,
@@ -350,6 +350,7 @@ def main() -> None:
                 notes.append(f"{case.name}: skipped (GPU only)")
                 continue
             root = work / case.name
+            root.mkdir()
             if case.make_data:
                 case.make_data(root, cuda)
             # Validation is not what is measured: one batch of it keeps the rounds short.

@@ -45,7 +45,8 @@ def tests(work: Path) -> dict[str, Any]:
     code, out, seconds = run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
                               str(REPO / "tests")], REPO, 240)
     summary = next((line for line in reversed(out.splitlines()) if " passed" in line or " failed" in line), out[-300:])
-    return {"part": "tests", "ok": code == 0, "seconds": round(seconds, 1), "result": summary.strip("= ")}
+    failed = [line for line in out.splitlines() if line.startswith(("FAILED", "ERROR"))]  # pytest -ra's reasons
+    return {"part": "tests", "ok": code == 0, "seconds": round(seconds, 1), "result": "\n".join([summary.strip("= "), *failed])}
 
 
 def bench(work: Path) -> dict[str, Any]:
@@ -105,7 +106,9 @@ def default(work: Path) -> dict[str, Any]:
         if code != 0:
             return {"part": "default", "ok": False, "seconds": round(seconds, 1), "result": out[-500:]}
         times[device] = seconds
-    return {"part": "default", "ok": times["auto"] <= times["cpu"] * 1.1, "seconds": round(sum(times.values()), 1),
+    # Both are mostly start-up (imports, ~13 s of 16 on an H200 with 16 cores): this catches a GPU path
+    # that is several times slower, not the noise between two processes.
+    return {"part": "default", "ok": times["auto"] <= times["cpu"] * 1.25, "seconds": round(sum(times.values()), 1),
             "result": f"default job {times['auto']:.1f} s on the GPU (device=auto) vs {times['cpu']:.1f} s on the CPU"}
 
 
