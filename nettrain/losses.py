@@ -35,7 +35,9 @@ class SoftmaxMSE(nn.Module):
 
 class RegressionMSE(nn.Module):
     def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return F.mse_loss(outputs.squeeze(-1), targets.to(outputs.dtype))
+        # In float32 whatever the autocast: bf16 targets would be rounded to 3 digits (wear 3.772 -> 3.766),
+        # which the model then learns and validation measures against.
+        return F.mse_loss(outputs.squeeze(-1).float(), targets.float())
 
 
 class OneHotBCE(nn.Module):
