@@ -13,64 +13,63 @@ from nettrain.data.loaders import Loader
 
 
 def _hits(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
-    """Correct predictions in a batch (for regression: the sum of absolute errors), a float scalar."""
+    """Correct predictions in a batch (for regression: the sum of absolute errors), a float64 scalar."""
     if task == "regression":
-        return (outputs.squeeze(-1).float() - targets.float()).abs().sum()
+        return (outputs.squeeze(-1).double() - targets.double()).abs().sum()
     if targets.dim() > 1:  # multi-hot targets: a sample is right when every label is
-        return ((outputs > 0) == (targets > 0.5)).all(-1).sum(dtype=torch.float32)
-    return (outputs.argmax(-1) == targets).sum(dtype=torch.float32)
+        return ((outputs > 0) == (targets > 0.5)).all(-1).sum(dtype=torch.float64)
+    return (outputs.argmax(-1) == targets).sum(dtype=torch.float64)
 
 
 def batch_totals(outputs: Tensor, targets: Tensor, loss: Tensor, task: str) -> Tensor:
     """[loss x n, correct (or sum of absolute errors), n] for one batch, without leaving the device."""
     hits = _hits(outputs, targets, task)
-    return torch.stack((loss.detach().float() * targets.shape[0], hits, hits.new_full((), float(targets.shape[0]))))
+    return torch.stack((loss.detach().double() * targets.shape[0], hits, hits.new_full((), float(targets.shape[0]))))
 
 
 class RunningTotals:
     """An epoch's [loss sum, correct (or sum of absolute errors), samples], added batch by batch.
 
-    On a GPU they stay on the device and are read once an epoch, so no step waits for the host. On
-    the CPU, where every tensor op is a measurable part of a small model's step, a step adds its
-    loss as a Python number and sets its outputs aside; their correct predictions are counted
-    `every` batches at once.
+    A step only sets its loss, outputs and targets aside: no tensor op, which on a GPU would be a
+    kernel launch that a small model's step waits behind, and on the CPU a measurable part of it.
+    Every `every` batches they are counted at once, on their device and in float64, where sums of
+    float32 losses are exact: a resumed run, whose batches are grouped differently, adds up to the
+    same totals. They are read only when reported (the progress bar, the epoch's end).
     """
 
     def __init__(self, device: torch.device, task: str, start: Tensor | None = None, every: int = 32) -> None:
-        self.device, self.task, self.every = device, task, every
-        start = torch.zeros(3) if start is None else start
-        self.values: Tensor | list[float] = start.tolist() if device.type == "cpu" else start.to(device).clone()
-        self.pending: list[tuple[Tensor, Tensor]] = []
+        self.task, self.every = task, every
+        self.values = (torch.zeros(3, dtype=torch.float64) if start is None else start.double()).to(device)
+        self.pending: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def add(self, outputs: Tensor, targets: Tensor, loss: Tensor) -> None:
-        if isinstance(self.values, Tensor):
-            self.values += batch_totals(outputs, targets, loss, self.task)
-            return
-        self.values[0] += loss.item() * targets.shape[0]
-        self.values[2] += targets.shape[0]
-        self.pending.append((outputs, targets))
+        self.pending.append((outputs.detach(), targets, loss.detach()))
         if len(self.pending) == self.every:
             self._count()
 
     @torch.no_grad()
     def _count(self) -> None:
-        if self.pending:
-            outputs, targets = zip(*self.pending)
-            self.values[1] += _hits(torch.cat(outputs), torch.cat(targets), self.task).item()
-            self.pending.clear()
+        if not self.pending:
+            return
+        outputs, targets, losses = zip(*self.pending)
+        self.pending.clear()
+        by_size: dict[int, list[Tensor]] = {}  # every batch but an epoch's last is the same size: one group
+        for target, loss in zip(targets, losses):
+            by_size.setdefault(target.shape[0], []).append(loss)
+        loss_sum = sum(torch.stack(group).double().sum() * n for n, group in by_size.items())
+        hits = _hits(torch.cat(outputs), torch.cat(targets), self.task)
+        self.values += torch.stack((loss_sum, hits, hits.new_full((), float(sum(len(t) for t in targets)))))
 
     def mean_loss(self) -> float:
-        """The epoch's mean loss so far, for the progress bar (on a GPU this one read waits for it)."""
-        loss_sum, n = (self.values[0], self.values[2]) if isinstance(self.values, list) else self.values[::2].tolist()
+        """The epoch's mean loss so far, for the progress bar (on a GPU this read waits for the device)."""
+        self._count()
+        loss_sum, n = self.values[::2].tolist()
         return loss_sum / max(n, 1.0)
 
     def tensor(self) -> Tensor:
-        """The totals as a tensor (on the device) to all-reduce, summarize or checkpoint."""
-        if isinstance(self.values, Tensor):
-            return self.values.clone()
+        """The totals (float64, on the device) to all-reduce, summarize or checkpoint."""
         self._count()
-        # float64 keeps Python's sums exact through a checkpoint: a resumed run matches an uninterrupted one.
-        return torch.tensor(self.values, dtype=torch.float64)
+        return self.values.clone()
 
 
 def summarize(totals: Tensor, task: str) -> dict[str, float]:
@@ -93,7 +92,7 @@ def evaluate(model: nn.Module, loader: Loader, criterion: nn.Module, *, device: 
     across data-parallel ranks; `on_batch` is called after each batch (a progress bar)."""
     was_training = model.training
     model.eval()
-    totals = torch.zeros(3, device=device)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
     outputs, targets = [], []
     for i, (x, y) in enumerate(loader.batches(0, device=device)):
         if limit is not None and i >= limit:

@@ -166,3 +166,13 @@ def compile_model(model: torch.nn.Module) -> torch.nn.Module:
         logging.getLogger("nettrain").warning("trainer.compile=true: torch.compile is unavailable here (%s); "
                                               "training without it", str(e).splitlines()[0])
         return model
+
+
+def to_device(device: torch.device, values: torch.Tensor) -> torch.Tensor:
+    """Host-made values (random draws, step numbers) onto `device` without a host sync: a copy from
+    pageable memory makes the host wait for the GPU's queue, one from pinned memory is queued behind
+    it (torch's caching host allocator makes pinning a small tensor cheap and keeps it alive until
+    the copy is done)."""
+    if device.type != "cuda":
+        return values.to(device)
+    return values.pin_memory().to(device, non_blocking=True)

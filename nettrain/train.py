@@ -118,16 +118,19 @@ class StopSignal:
 class DivergenceGuard:
     """Finds the first step whose loss is NaN/Inf or has blown up past `factor` x the first step's
     loss (at least 1): a learning rate too high sends the loss to 1e7 long before it turns NaN.
-    On the CPU reading the loss costs nothing, so it checks every step; on a GPU it records the step
-    on the device and is read at log time, so no step waits for the host. Under DDP it is read at
-    log time too, and the ranks agree (a rank's NaN stops them all at the same step, never a hang)."""
+    On the CPU reading the loss costs nothing, so it checks every step. On a GPU a step only sets its
+    loss aside; every `every` steps they are judged together on the device (a few kernels, where one
+    step's judgement took ten) and the verdict is read at log time, so no step waits for the host.
+    Under DDP it is read at log time too, and the ranks agree (a rank's NaN stops them all at the
+    same step, never a hang)."""
 
-    def __init__(self, rt: runtime.Runtime, factor: float | None) -> None:
-        self.rt = rt
+    def __init__(self, rt: runtime.Runtime, factor: float | None, every: int = 32) -> None:
+        self.rt, self.every = rt, every
         self.eager = rt.device.type == "cpu" and not rt.distributed
         self.factor = factor if factor is not None else math.inf
         self.limit: torch.Tensor | float | None = None
-        self.bad = torch.tensor([-1.0, 0.0], device=rt.device)  # [step, loss]
+        self.pending: list[tuple[torch.Tensor, int]] = []
+        self.bad = torch.tensor([-1.0, 0.0], device=rt.device)  # [step, loss] of the first bad step; -1: none yet
 
     def update(self, loss: torch.Tensor, step: int) -> tuple[int, float] | None:
         if self.eager:
@@ -135,17 +138,28 @@ class DivergenceGuard:
             if self.limit is None:
                 self.limit = max(value, 1.0) * self.factor
             return None if math.isfinite(value) and value <= self.limit else (step, value)
-        loss = loss.detach().float()
-        if self.limit is None:
-            self.limit = loss.clamp(min=1.0) * self.factor
-        first = (self.bad[0] < 0) & (~loss.isfinite() | (loss > self.limit))
-        # new_full fills on the device; torch.tensor(step, device=cuda) would copy from the host and wait for the GPU.
-        self.bad = torch.where(first, torch.stack([loss.new_full((), float(step)), loss]), self.bad)
+        self.pending.append((loss.detach(), step))
+        if len(self.pending) == self.every:
+            self._judge()
         return None
+
+    def _judge(self) -> None:
+        if not self.pending:
+            return
+        losses = torch.stack([loss for loss, _ in self.pending]).float()
+        steps = runtime.to_device(self.rt.device, torch.tensor([float(step) for _, step in self.pending]))
+        self.pending.clear()
+        if self.limit is None:
+            self.limit = losses[0].clamp(min=1.0) * self.factor
+        bad = ~losses.isfinite() | (losses > self.limit)
+        first = bad.int().argmax()  # argmax gives the first of equal maxima: the first bad step (0 when none is)
+        found = (self.bad[0] < 0) & bad.any()
+        self.bad = torch.where(found, torch.stack([steps[first], losses[first]]), self.bad)
 
     def check(self) -> tuple[int, float] | None:
         if self.eager:
             return None
+        self._judge()
         bad = distributed.all_gather(self.bad, self.rt)  # one [step, loss] row per rank
         bad = bad[bad[:, 0] >= 0]
         if not len(bad):

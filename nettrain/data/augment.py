@@ -28,6 +28,7 @@ from torch import Tensor
 
 from nettrain.data.loaders import BatchTransform
 from nettrain.data.transforms import normalize
+from nettrain.runtime import to_device
 
 AUGMENTS = ("standard", "crop", "shift", "flip", "none")
 CROP_AREA = (0.25, 1.0)     # torchvision's default 0.08 is too aggressive for small images and short runs
@@ -43,22 +44,14 @@ def batch_generator(seed: int, rank: int, epoch: int, batch: int) -> torch.Gener
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def _to(device: torch.device, draws: Tensor) -> Tensor:
-    """Host-made random draws onto `device` without a host sync: a copy from pageable memory makes
-    the host wait for the GPU's queue, one from pinned memory is queued behind it (torch's caching
-    host allocator makes pinning a small tensor cheap and keeps it alive until the copy is done)."""
-    if device.type != "cuda":
-        return draws.to(device)
-    return draws.pin_memory().to(device, non_blocking=True)
-
-
 def _scale_shift(x: Tensor, scale_x: Tensor, scale_y: Tensor, shift_x: Tensor, shift_y: Tensor, padding: str) -> Tensor:
     """Resample every image of x [N, C, H, W] at (scale * u + shift) per axis, u being the output
     pixel centres in [-1, 1] (a negative scale mirrors). The map is axis-aligned, so its grid is
     built from one row and one column per image: `affine_grid`'s general 2x3 maps cost 10x more on the CPU."""
     n, _, height, width = x.shape
     # The per-sample draws (made on the CPU, seeded) cross to x's device in one copy.
-    scale_x, scale_y, shift_x, shift_y = _to(x.device, torch.stack([scale_x, scale_y, shift_x, shift_y], 1)).to(x.dtype).unbind(1)
+    draws = to_device(x.device, torch.stack([scale_x, scale_y, shift_x, shift_y], 1))
+    scale_x, scale_y, shift_x, shift_y = draws.to(x.dtype).unbind(1)
 
     def axis(size: int, scale: Tensor, shift: Tensor) -> Tensor:
         centres = torch.arange(size, device=x.device, dtype=x.dtype).mul_(2).add_(1).div_(size).sub_(1)
@@ -104,7 +97,7 @@ def random_shift_scale(x: Tensor, g: torch.Generator) -> Tensor:
 
 
 def random_flip(x: Tensor, g: torch.Generator) -> Tensor:
-    mirrored = _to(x.device, torch.rand(x.shape[0], generator=g) < 0.5).view(-1, 1, 1, 1)
+    mirrored = to_device(x.device, torch.rand(x.shape[0], generator=g) < 0.5).view(-1, 1, 1, 1)
     return torch.where(mirrored, x.flip(-1), x)
 
 
