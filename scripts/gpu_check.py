@@ -4,6 +4,7 @@
     python scripts/gpu_check.py --json     # the same as JSON
     python scripts/gpu_check.py --skip bench,full   # parts: tests, bench, full, default
     python scripts/gpu_check.py --skip tests,bench,default --set trainer.compile=true   # overrides for `full`
+    python scripts/gpu_check.py --log logs/   # and each part's whole output in logs/<part>.log
 
 Parts, each timed, each a row of the table:
   tests    `pytest -m cuda`: round trips on CUDA (train, resume, eval exactness, predict, export,
@@ -29,20 +30,24 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 PARTS = ("tests", "bench", "full", "default")
+LOG: Path | None = None  # --log DIR: each command's whole output, DIR/<part>.log
 
 
-def run(command: list[str], cwd: Path, timeout: float) -> tuple[int, str, float]:
+def run(part: str, command: list[str], cwd: Path, timeout: float) -> tuple[int, str, float]:
     start = time.perf_counter()
     try:
         proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
         code, out = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as e:
         code, out = 124, f"timed out after {timeout:.0f} s: {e}"
+    if LOG is not None:
+        with (LOG / f"{part}.log").open("a") as f:
+            f.write(f"$ {' '.join(command)}\n{out}\n")
     return code, out, time.perf_counter() - start
 
 
 def tests(work: Path) -> dict[str, Any]:
-    code, out, seconds = run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
+    code, out, seconds = run("tests", [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "--tb=short", "-p", "no:cacheprovider",
                               str(REPO / "tests")], REPO, 240)
     summary = next((line for line in reversed(out.splitlines()) if " passed" in line or " failed" in line), out[-300:])
     failed = [line for line in out.splitlines() if line.startswith(("FAILED", "ERROR"))]  # pytest -ra's reasons
@@ -50,7 +55,7 @@ def tests(work: Path) -> dict[str, Any]:
 
 
 def bench(work: Path) -> dict[str, Any]:
-    code, out, seconds = run([sys.executable, str(REPO / "scripts" / "bench.py"), "--json", "--no-ddp", "--no-startup",
+    code, out, seconds = run("bench", [sys.executable, str(REPO / "scripts" / "bench.py"), "--json", "--no-ddp", "--no-startup",
                               "--rounds", "3"], REPO, 300)
     try:
         rows = json.loads(out[out.index("["):out.rindex("]") + 1])
@@ -101,7 +106,7 @@ def _in_process(main: Any, argv: list[str]) -> int:
 def default(work: Path) -> dict[str, Any]:
     times = {}
     for device in ("auto", "cpu"):
-        code, out, seconds = run([sys.executable, "-m", "nettrain", "train", f"trainer.device={device}",
+        code, out, seconds = run("default", [sys.executable, "-m", "nettrain", "train", f"trainer.device={device}",
                                   f"hydra.run.dir={work / ('default_' + device)}"], work, 180)
         if code != 0:
             return {"part": "default", "ok": False, "seconds": round(seconds, 1), "result": out[-500:]}
@@ -118,7 +123,12 @@ def main() -> int:
     parser.add_argument("--skip", default="", help=f"comma-separated parts to skip: {', '.join(PARTS)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for the `full` run (repeatable), e.g. --set trainer.compile=true")
+    parser.add_argument("--log", type=Path, metavar="DIR", help="write each part's whole output to DIR/<part>.log")
     args = parser.parse_args()
+    global LOG
+    if args.log is not None:
+        args.log.mkdir(parents=True, exist_ok=True)
+        LOG = args.log
     import torch
 
     if not torch.cuda.is_available():
