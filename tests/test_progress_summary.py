@@ -58,7 +58,7 @@ def test_the_bar_shows_the_running_mean_loss_of_the_epoch():
     for value in (1.0, 2.0, 3.0):
         totals.add(outputs, targets, torch.tensor(value))
     assert totals.mean_loss() == pytest.approx(2.0)
-    # On a GPU the totals are one device tensor [loss sum, correct, samples]: read once, at refresh time.
+    # The totals are one tensor [loss sum, correct, samples] on the device, read only at refresh time.
     totals.values = torch.tensor([8.0, 1.0, 4.0])
     assert totals.mean_loss() == pytest.approx(2.0)
 
