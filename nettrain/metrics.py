@@ -21,14 +21,8 @@ def _hits(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
     return (outputs.argmax(-1) == targets).sum(dtype=torch.float64)
 
 
-def batch_totals(outputs: Tensor, targets: Tensor, loss: Tensor, task: str) -> Tensor:
-    """[loss x n, correct (or sum of absolute errors), n] for one batch, without leaving the device."""
-    hits = _hits(outputs, targets, task)
-    return torch.stack((loss.detach().double() * targets.shape[0], hits, hits.new_full((), float(targets.shape[0]))))
-
-
 class RunningTotals:
-    """An epoch's [loss sum, correct (or sum of absolute errors), samples], added batch by batch.
+    """An epoch's (or a validation pass's) [loss sum, correct (or sum of absolute errors), samples], batch by batch.
 
     A step only sets its loss, outputs and targets aside: no tensor op, which on a GPU would be a
     kernel launch that a small model's step waits behind, and on the CPU a measurable part of it.
@@ -92,7 +86,7 @@ def evaluate(model: nn.Module, loader: Loader, criterion: nn.Module, *, device: 
     across data-parallel ranks; `on_batch` is called after each batch (a progress bar)."""
     was_training = model.training
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    running = RunningTotals(device, task)
     outputs, targets = [], []
     for i, (x, y) in enumerate(loader.batches(0, device=device)):
         if limit is not None and i >= limit:
@@ -100,12 +94,13 @@ def evaluate(model: nn.Module, loader: Loader, criterion: nn.Module, *, device: 
         with autocast():
             out = model(x)
             loss = criterion(out, y)
-        totals += batch_totals(out, y, loss, task)
+        running.add(out, y, loss)
         if collect:
             outputs.append(out.float())  # stays on the device: no batch waits for a copy to the host
             targets.append(y)
         if on_batch is not None:
             on_batch()
+    totals = running.tensor()
     if reduce is not None:
         reduce(totals)
     model.train(was_training)
