@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import metrics, nettrain, run_in_process
+from conftest import metrics, run_in_process, train
 
 # Slow enough epochs (~1 s) that a signal lands inside one; cosine + dropout + mid-epoch checkpoints
 # make any slip in restoring the schedule, RNG or data order show in the weights.
@@ -67,9 +67,7 @@ def _wait_for_new_checkpoint(path: Path, proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """The same run, never interrupted."""
-    tmp = tmp_path_factory.mktemp("reference")
-    nettrain("train", f"hydra.run.dir={tmp / 'run'}", *RUN, cwd=tmp)
-    return tmp / "run"
+    return train(tmp_path_factory.mktemp("reference"), *RUN)
 
 
 def test_kill_9_in_epoch_3_then_resume_is_bit_identical(tmp_path, reference):
@@ -82,7 +80,7 @@ def test_kill_9_in_epoch_3_then_resume_is_bit_identical(tmp_path, reference):
     assert metrics(run_dir)["status"] == "running"
     assert _val_loss_points(run_dir) == 2  # the curves of the finished epochs reached disk before the kill
 
-    nettrain("train", f"resume={run_dir}", cwd=tmp_path)
+    assert run_in_process("train", f"resume={run_dir}") == 0  # in this process: the resume is what is tested
 
     assert metrics(run_dir)["status"] == "completed"
     assert _history(run_dir) == _history(reference)
@@ -103,7 +101,7 @@ def test_signal_saves_and_prints_the_resume_command(tmp_path, reference, sig, co
     assert metrics(run_dir)["status"] == "interrupted"
     assert f"nettrain train resume={run_dir}" in stderr
     if sig == signal.SIGINT:  # the resumed run ends exactly like the uninterrupted one
-        nettrain("train", f"resume={run_dir}", cwd=tmp_path)
+        assert run_in_process("train", f"resume={run_dir}") == 0
         assert _history(run_dir) == _history(reference)
         ours, theirs = _weights(run_dir), _weights(reference)
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs)

@@ -33,7 +33,8 @@ def timm_cfg(arch: str, **changes):
     return OmegaConf.merge(OmegaConf.load(CONFIGS / "model" / "timm.yaml"), {"arch": arch}, changes)
 
 
-@pytest.mark.parametrize("arch", ["convnext_nano", "efficientnet_b0", "vit_tiny_patch16_224"])
+# A convolutional and an attention model: their ONNX graphs share nothing. (efficientnet_b0 took 72 s here.)
+@pytest.mark.parametrize("arch", ["convnext_nano", "vit_tiny_patch16_224"])
 def test_timm_architecture_trains_a_fast_epoch_and_exports_to_onnx(arch, pictures, tmp_path):
     run_dir = train(tmp_path, "model=timm", f"model.arch={arch}", "data=imagefolder", f"data.root={pictures}",
                     "data.image_size=32", *TINY)
