@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import metrics, nettrain, run_in_process
+from conftest import metrics, run_in_process
 
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=3"]
 
@@ -124,7 +124,7 @@ def test_parallel_launcher_runs_jobs_in_their_own_processes_and_dirs(tmp_path):
     assert len(job_dirs(sweep)) == 2
 
 
-def test_a_killed_sweep_resumes_where_it_stopped(tmp_path):
+def test_a_killed_sweep_resumes_where_it_stopped(tmp_path, capfd):
     sweep = tmp_path / "sweep"
     args = ["train", "-m", "trainer.max_epochs=1,8", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
             f"hydra.sweep.dir={sweep}"]
@@ -143,9 +143,9 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path):
     assert not (killed / "metrics.json").is_file() or metrics(killed)["status"] == "running"
     done_record, done_ckpt = (done / "metrics.json").read_text(), (done / "checkpoints" / "last.pt").stat().st_mtime_ns
 
-    proc = nettrain(*args, cwd=tmp_path)
+    assert run_in_process(*args) == 0
 
-    assert "already completed, skipped" in proc.stderr
+    assert "already completed, skipped" in capfd.readouterr().err
     assert (done / "metrics.json").read_text() == done_record  # not re-trained
     assert (done / "checkpoints" / "last.pt").stat().st_mtime_ns == done_ckpt
     resumed = metrics(killed)
