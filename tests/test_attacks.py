@@ -331,15 +331,15 @@ def test_a_csv_target_with_one_class_is_refused(tmp_path, capfd):
     assert "one class only ('yes')" in _one_line(capfd.readouterr().err)
 
 
-def test_resume_warns_when_the_data_on_disk_changed(tmp_path):
+def test_resume_warns_when_the_data_on_disk_changed(tmp_path, capfd):
     root = image_folder(tmp_path / "photos", per_class=8)
     args = ["data=imagefolder", f"data.root={root}", "data.image_size=16", "data.num_workers=0", "model=cnn",
             "model.channels=[4]"]
     run_dir = train(tmp_path, *args, "trainer.max_epochs=1")
     image_folder(tmp_path / "photos", per_class=10)  # two more photos per class and split
 
-    proc = nettrain("train", f"resume={run_dir}", "trainer.max_epochs=2", cwd=tmp_path)
-    assert "the data changed since the checkpoint (32 files then, 40 now" in proc.stderr
+    assert run_in_process("train", f"resume={run_dir}", "trainer.max_epochs=2") == 0
+    assert "the data changed since the checkpoint (32 files then, 40 now" in capfd.readouterr().err
 
 
 # 8. Smaller ------------------------------------------------------------------------------------------
