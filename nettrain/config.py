@@ -155,6 +155,7 @@ RULES: list[Rule] = [
     ("scheduler.max_lr_factor", lambda v: _number(v) and v >= 1, "must be a number >= 1"),
     ("scheduler.pct_start", lambda v: _number(v) and 0 < v < 1, "must be a number in (0, 1)"),
     ("trainer.max_epochs", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
+    ("trainer.max_steps", _optional(lambda v: _int(v) and v >= 1), "must be null or an integer >= 1"),
     ("trainer.device", _device, "allowed: auto, cpu, cuda, cuda:N"),
     ("trainer.devices", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
     ("trainer.seed", lambda v: _int(v) and v >= 0, "must be an integer >= 0"),

@@ -87,6 +87,15 @@ def auto_monitor(spec: DataSpec, decision: Decision | None) -> str:
     return "val_f1" if decision is not None and decision.tune else "val_accuracy"
 
 
+def epochs_within(max_epochs: int, max_steps: int, steps_per_epoch: int) -> int:
+    """The epochs a run trains under both limits: whichever comes first, in whole epochs (the last
+    epoch may pass max_steps; every epoch is then validated and scheduled alike)."""
+    by_steps = math.ceil(max_steps / steps_per_epoch)
+    log.info("trainer.max_steps=%d: %d epochs of %d steps%s", max_steps, min(by_steps, max_epochs), steps_per_epoch,
+             f" (trainer.max_epochs={max_epochs} comes first)" if max_epochs < by_steps else "")
+    return min(by_steps, max_epochs)
+
+
 class StopSignal:
     """SIGINT/SIGTERM ask the loop to stop after the current step; a second Ctrl-C exits at once."""
 
@@ -199,6 +208,8 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     accumulate = t.accumulate_grad_batches
     batches_per_epoch = min(len(data.train), t.overfit_batches or t.limit_train_batches or len(data.train))
     steps_per_epoch = math.ceil(batches_per_epoch / accumulate)
+    if t.get("max_steps"):  # resolved into epochs in the config: the checkpoint, a resume and the schedule see one limit
+        t.max_epochs, t.max_steps = epochs_within(t.max_epochs, t.max_steps, steps_per_epoch), None
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=steps_per_epoch, max_epochs=t.max_epochs)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
     ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema_decay))

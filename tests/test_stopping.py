@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from conftest import metrics, run_in_process
@@ -57,3 +58,33 @@ def test_memorizing_is_warned_about_and_logged_to_tensorboard(tmp_path, capfd):
     assert "started memorizing the training set" in capfd.readouterr().err
     events = EventAccumulator(str(run_dir), size_guidance={"tensors": 0}).Reload()
     assert "warnings/text_summary" in events.Tags()["tensors"]
+
+
+def test_a_step_budget_trains_whole_epochs_and_the_first_limit_wins(tmp_path, capfd):
+    # The digits' 1,437 training images in batches of 64: 22 steps an epoch; 50 steps -> 3 epochs.
+    budget = tmp_path / "budget"
+    assert run_in_process("train", f"hydra.run.dir={budget}", "trainer.max_steps=50", "data.batch_size=64",
+                          "scheduler=cosine") == 0
+    assert "trainer.max_steps=50: 3 epochs of 22 steps" in capfd.readouterr().err
+    recorded = metrics(budget)
+    assert recorded["epochs"] == 3 and [h["step"] for h in recorded["history"]] == [22, 44, 66]
+    config = load_checkpoint(budget / "checkpoints" / "last.pt")["config"]
+    assert (config["trainer"]["max_epochs"], config["trainer"]["max_steps"]) == (3, None)  # resumed, the run is 3 epochs
+    # The cosine schedule spans the 66 steps: a third of the way, the lr is 0.75 of its peak (0.59 over 50 steps).
+    assert recorded["history"][0]["lr"] == pytest.approx(0.75 * config["optimizer"]["lr"])
+
+    assert run_in_process("train", f"hydra.run.dir={tmp_path / 'epochs'}", "trainer.max_steps=500",
+                          "trainer.max_epochs=2") == 0
+    assert "(trainer.max_epochs=2 comes first)" in capfd.readouterr().err
+    assert metrics(tmp_path / "epochs")["epochs"] == 2
+
+    assert run_in_process("train", f"resume={budget}", "trainer.max_epochs=4") == 0  # extended as any run is
+    assert metrics(budget)["epochs"] == 4
+
+
+def test_a_bad_step_budget_is_one_line(tmp_path, capfd):
+    for value, shown in (("0", "0"), ("2.5", "2.5"), ("many", "'many'")):
+        assert run_in_process("train", f"trainer.max_steps={value}") == 2
+        assert capfd.readouterr().err.strip().splitlines()[-1] == \
+            f"nettrain: invalid trainer.max_steps={shown}: must be null or an integer >= 1"
+    assert not any((tmp_path / "outputs").rglob("*"))  # no run dir
