@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -56,10 +57,17 @@ def test_two_processes_match_one_process_through_a_resume(tmp_path, one_process,
 
 
 def test_ranks_draw_their_own_dropout_masks_and_resume_them_exactly(tmp_path):
-    ddp = ["trainer.devices=2", "model.dropout=0.3", "data.batch_size=32"]
     whole, halted = tmp_path / "whole", tmp_path / "halted"
-    assert run_in_process("train", f"hydra.run.dir={whole}", *ddp, "trainer.max_epochs=3") == 0
-    assert run_in_process("train", f"hydra.run.dir={halted}", *ddp, "trainer.max_epochs=2") == 0
+    assert run_in_process("train", f"hydra.run.dir={whole}", "trainer.devices=2", "model.dropout=0.3",
+                          "data.batch_size=32", "trainer.max_epochs=3", "checkpoint.save_top_k=3") == 0
+    # As if killed right after epoch 2's checkpoint (one DDP launch fewer than training 2 epochs anew):
+    # an epoch's checkpoint holds what last.pt then held.
+    shutil.copytree(whole, halted)
+    (epoch_2,) = (halted / "checkpoints").glob("epoch=002-*.pt")
+    for name in ("last.pt", "best.pt"):
+        shutil.copyfile(epoch_2, halted / "checkpoints" / name)
+    for stale in [*(halted / "checkpoints").glob("epoch=003-*.pt"), halted / "metrics.json"]:
+        stale.unlink()
     rngs = torch.load(halted / "checkpoints" / "last.pt", weights_only=True)["rng"]
     assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
 
