@@ -33,7 +33,7 @@ EXIT_CODES = {"completed": 0, "stopped_early": 0, "skipped": 0, "diverged": 1, "
 _outcome: dict[str, int] = {"exit": 0}
 
 # Keys a resumed run may change: they extend or steer the run without changing what it computes.
-RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.log_every_n_steps", "trainer.device", "trainer.threads",
+RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.log_every_n_steps", "trainer.device", "trainer.threads",
                   "trainer.compile", "data.num_workers", "early_stopping.patience", "early_stopping.min_delta",
                   "checkpoint.save_top_k", "trainer.checkpoint_every_n_steps")
 
@@ -295,10 +295,16 @@ def _resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict[str
     saved.resume = str(ckpt["path"])
     validate(saved)
     finished = (read_metrics(run_dir_of(Path(ckpt["path"]))) or {}).get("status") in ("completed", "stopped_early", "diverged")
-    if ckpt["progress"]["epoch"] >= saved.trainer.max_epochs and not ckpt["progress"]["batch"] and finished:
+    epoch, step = ckpt["progress"]["epoch"], ckpt["progress"]["step"]
+    if epoch and not ckpt["progress"]["batch"] and finished:
         # (a run killed after its last epoch's checkpoint, still "running", resumes to close its records)
-        raise UserError(f"{ckpt['path']} already finished {ckpt['progress']['epoch']} epochs of "
-                        f"trainer.max_epochs={saved.trainer.max_epochs}; pass a larger trainer.max_epochs to train on")
+        from nettrain.train import planned_epochs
+
+        planned = planned_epochs(saved.trainer, step / epoch)  # whole epochs of step / epoch steps each
+        if epoch >= planned:
+            limit = "trainer.max_steps" if planned < saved.trainer.max_epochs else "trainer.max_epochs"
+            raise UserError(f"{ckpt['path']} already finished {epoch} epochs of {limit}={OmegaConf.select(saved, limit)}; "
+                            f"pass a larger {limit} to train on")
     return saved, ckpt
 
 

@@ -92,11 +92,10 @@ def model_summary(model: nn.Module, input_shape: list[int], device: torch.device
             "input_shape": list(input_shape), "outputs": (_shape(output) or [0])[-1], "layers": layers}
 
 
-def startup(cfg: DictConfig, rt: Runtime, data: Data, model: nn.Module, steps_per_epoch: int,
+def startup(cfg: DictConfig, rt: Runtime, data: Data, model: nn.Module, steps_per_epoch: int, epochs: int,
             channels_last: bool) -> dict[str, Any]:
     """The facts of a run about to start, as plain types."""
     spec = data.spec
-    t = cfg.trainer
     optimizer = str(cfg.optimizer.get("_target_", "?")).rsplit(".", 1)[-1].lower()
     return {
         "started": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -112,7 +111,7 @@ def startup(cfg: DictConfig, rt: Runtime, data: Data, model: nn.Module, steps_pe
         "optimizer": {"name": optimizer, "lr": cfg.optimizer.lr, "weight_decay": cfg.optimizer.get("weight_decay")},
         "scheduler": cfg.scheduler.get("name", "none"),
         "batch_size": cfg.data.batch_size * rt.world_size,
-        "epochs": t.max_epochs, "steps_per_epoch": steps_per_epoch, "steps": steps_per_epoch * t.max_epochs,
+        "epochs": epochs, "steps_per_epoch": steps_per_epoch, "steps": steps_per_epoch * epochs,
     }
 
 

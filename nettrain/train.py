@@ -87,13 +87,13 @@ def auto_monitor(spec: DataSpec, decision: Decision | None) -> str:
     return "val_f1" if decision is not None and decision.tune else "val_accuracy"
 
 
-def epochs_within(max_epochs: int, max_steps: int, steps_per_epoch: int) -> int:
-    """The epochs a run trains under both limits: whichever comes first, in whole epochs (the last
-    epoch may pass max_steps; every epoch is then validated and scheduled alike)."""
-    by_steps = math.ceil(max_steps / steps_per_epoch)
-    log.info("trainer.max_steps=%d: %d epochs of %d steps%s", max_steps, min(by_steps, max_epochs), steps_per_epoch,
-             f" (trainer.max_epochs={max_epochs} comes first)" if max_epochs < by_steps else "")
-    return min(by_steps, max_epochs)
+def planned_epochs(trainer: DictConfig, steps_per_epoch: int) -> int:
+    """The epochs a run trains: trainer.max_epochs, or fewer when trainer.max_steps comes first, in
+    whole epochs (the last may pass max_steps; every epoch is validated and scheduled alike). Derived
+    from the config and the data alone, so a resumed run plans what the interrupted one planned."""
+    if not trainer.get("max_steps"):
+        return trainer.max_epochs
+    return min(trainer.max_epochs, math.ceil(trainer.max_steps / steps_per_epoch))
 
 
 class StopSignal:
@@ -208,9 +208,11 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     accumulate = t.accumulate_grad_batches
     batches_per_epoch = min(len(data.train), t.overfit_batches or t.limit_train_batches or len(data.train))
     steps_per_epoch = math.ceil(batches_per_epoch / accumulate)
-    if t.get("max_steps"):  # resolved into epochs in the config: the checkpoint, a resume and the schedule see one limit
-        t.max_epochs, t.max_steps = epochs_within(t.max_epochs, t.max_steps, steps_per_epoch), None
-    scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=steps_per_epoch, max_epochs=t.max_epochs)
+    max_epochs = planned_epochs(t, steps_per_epoch)
+    if t.get("max_steps") and rt.is_main:
+        log.info("trainer.max_steps=%d: %d epochs of %d steps%s", t.max_steps, max_epochs, steps_per_epoch,
+                 f" (trainer.max_epochs={t.max_epochs} comes first)" if max_epochs < t.max_steps / steps_per_epoch else "")
+    scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=steps_per_epoch, max_epochs=max_epochs)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
     ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema_decay))
            if t.ema_decay else None)
@@ -242,7 +244,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
         runlog.resume_from(ckpt["record"])
         runlog.write(status="running")  # metrics.json as last.pt knows the run, whatever a kill left
     if runlog is not None:
-        runlog.start(startup(cfg, rt, data, model, steps_per_epoch, channels_last), spec.task)
+        runlog.start(startup(cfg, rt, data, model, steps_per_epoch, max_epochs, channels_last), spec.task)
         runlog.record["decision"] = decision.record() if decision is not None else None
 
     train_model: torch.nn.Module = model
@@ -281,9 +283,9 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     # What the step reads, as plain values: a DictConfig lookup (~15 us) is a measurable part of a small model's step.
     grad_clip, log_every, ckpt_every = t.grad_clip, t.log_every_n_steps, t.checkpoint_every_n_steps
     with StopSignal() as stop, epoch_progress(enabled=rt.is_main) as bar, closing(data):
-        for epoch in range(progress.epoch, t.max_epochs):
+        for epoch in range(progress.epoch, max_epochs):
             model.train()
-            steps = bar.start(f"epoch {epoch + 1}/{t.max_epochs}", batches_per_epoch, completed=progress.batch,
+            steps = bar.start(f"epoch {epoch + 1}/{max_epochs}", batches_per_epoch, completed=progress.batch,
                               samples_per_step=samples_per_step, loss=totals.mean_loss)
             started, seen = time.perf_counter(), 0
             # overfit_batches: the same first batches every epoch (epoch 0's order), to check the model can learn.
@@ -362,7 +364,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
             value = record.get(monitor.key, math.nan)
             improved = monitor.update(progress, value, epoch + 1)
             if runlog is not None:
-                _log_epoch(runlog, record, train, val, progress, monitor, cfg, improved)
+                _log_epoch(runlog, record, train, val, progress, monitor, cfg, max_epochs, improved)
             state = checkpoint_state()  # after _log_epoch: the checkpoint carries this epoch's record
             if state is not None:
                 _save_epoch(state, ckpt_dir, progress, monitor, cfg.checkpoint.save_top_k, improved, value, epoch + 1)
@@ -424,14 +426,14 @@ def _restore(ckpt: dict[str, Any], model: torch.nn.Module, ema: torch.nn.Module 
 
 
 def _log_epoch(runlog: RunLog, record: dict[str, Any], train: dict[str, float], val: dict[str, float],
-               progress: Progress, monitor: Monitor, cfg: DictConfig, improved: bool) -> None:
+               progress: Progress, monitor: Monitor, cfg: DictConfig, max_epochs: int, improved: bool) -> None:
     """An epoch's record into metrics.json's history, the loggers and the console (with any overfitting warning)."""
     history = runlog.record["history"] + [record]
     best_record = history[progress.best_epoch - 1] if progress.best_epoch else {}
     runlog.record.update(history=history, epochs=record["epoch"], best_epoch=progress.best_epoch,
                          best={k: v for k, v in best_record.items() if k.startswith("val_") or k == monitor.key})
     runlog.epoch(progress.step)
-    log.info(epoch_line(record, cfg.trainer.max_epochs, improved))
+    log.info(epoch_line(record, max_epochs, improved))
     warning = None if progress.overfit_warned else memorizing(history, cfg.early_stopping.overfit_patience)
     if warning:
         progress.overfit_warned = True

@@ -69,7 +69,6 @@ def test_a_step_budget_trains_whole_epochs_and_the_first_limit_wins(tmp_path, ca
     recorded = metrics(budget)
     assert recorded["epochs"] == 3 and [h["step"] for h in recorded["history"]] == [22, 44, 66]
     config = load_checkpoint(budget / "checkpoints" / "last.pt")["config"]
-    assert (config["trainer"]["max_epochs"], config["trainer"]["max_steps"]) == (3, None)  # resumed, the run is 3 epochs
     # The cosine schedule spans the 66 steps: a third of the way, the lr is 0.75 of its peak (0.59 over 50 steps).
     assert recorded["history"][0]["lr"] == pytest.approx(0.75 * config["optimizer"]["lr"])
 
@@ -78,7 +77,11 @@ def test_a_step_budget_trains_whole_epochs_and_the_first_limit_wins(tmp_path, ca
     assert "(trainer.max_epochs=2 comes first)" in capfd.readouterr().err
     assert metrics(tmp_path / "epochs")["epochs"] == 2
 
-    assert run_in_process("train", f"resume={budget}", "trainer.max_epochs=4") == 0  # extended as any run is
+    # Finished by its step budget, the run says which limit to raise, and goes on when it is raised.
+    assert run_in_process("train", f"resume={budget}", "trainer.max_epochs=30") == 2
+    assert capfd.readouterr().err.strip().splitlines()[-1].endswith(
+        "already finished 3 epochs of trainer.max_steps=50; pass a larger trainer.max_steps to train on")
+    assert run_in_process("train", f"resume={budget}", "trainer.max_steps=70") == 0
     assert metrics(budget)["epochs"] == 4
 
 
