@@ -2,12 +2,14 @@
 name, its score and wall clock next to the figures measured when the recipe was tuned.
 
     .venv/bin/python scripts/quality.py --mnist DIR --cats-dogs DIR --cifar DIR --csv FILE:TARGET
-    .venv/bin/python scripts/quality.py --csv ai4i2020.csv:"Machine failure":UDI,"Product ID" --json
+    .venv/bin/python scripts/quality.py --csv ai4i2020.csv:"Machine failure":UDI,"Product ID",TWF,HDF,PWF,OSF,RNF:Type --json
 
   --mnist DIR           +experiment=mnist      data.root=DIR   (digit folders: DIR/{train,val}/<digit>/ or DIR/<digit>/)
   --cats-dogs DIR       +experiment=cats_dogs  data.root=DIR   (photo folders, any classes)
   --cifar DIR           +experiment=cifar10    data=imagefolder data.root=DIR   (a folder of CIFAR-10 images)
-  --csv FILE:TARGET[:DROP,...]  +experiment=tabular  data.path=FILE data.target=TARGET (data.drop=[DROP,...])
+  --csv FILE:TARGET[:DROP,...[:CATEGORICAL,...]]  +experiment=tabular  data.path=FILE data.target=TARGET
+                        (data.drop=[DROP,...] data.categorical=[CATEGORICAL,...]; AI4I's failure-mode flags
+                        TWF..RNF restate the target, so they are dropped above)
   --text TRAIN:TEST:TARGET      +experiment=text_intents on TRAIN, scored on TEST (text column `text`)
   --set KEY=VALUE       an override added to every run (e.g. trainer.max_epochs=3 for a smoke test)
 
@@ -108,11 +110,12 @@ def forest_baseline(path: str, target: str, drop: list[str]) -> dict[str, Any]:
 
 def csv_recipe(spec: str, out: Path, extra: list[str]) -> dict[str, Any]:
     path, target, *rest = spec.split(":")
-    drop = [c for c in rest[0].split(",") if c] if rest else []
+    drop, categorical = ([c for c in part.split(",") if c] for part in [*rest, "", ""][:2])
     name = f"tabular_{Path(path).stem}"
     args = ["+experiment=tabular", f"data.path={path}", f"data.target={target}"]
-    if drop:
-        args.append("data.drop=[" + ",".join(drop) + "]")
+    for key, columns in (("drop", drop), ("categorical", categorical)):
+        if columns:
+            args.append(f"data.{key}=[" + ",".join(columns) + "]")
     result = train(name, out, extra, *args)
     return result | {"recipe": "tabular", "data": path, "reference": forest_baseline(path, target, drop)}
 
