@@ -16,8 +16,9 @@ import torch
 from conftest import metrics, run_in_process, train
 
 # Slow enough epochs (~1 s) that a signal lands inside one; cosine + dropout + mid-epoch checkpoints
-# make any slip in restoring the schedule, RNG or data order show in the weights.
-RUN = ["trainer.max_epochs=3", "model.hidden=[256,256]", "model.dropout=0.3", "data.batch_size=8",
+# make any slip in restoring the schedule, RNG or data order show in the weights. 3 epochs by a step
+# budget (179 steps an epoch): a resumed run must plan them from its config and data as the first did.
+RUN = ["trainer.max_steps=500", "model.hidden=[256,256]", "model.dropout=0.3", "data.batch_size=8",
        "scheduler=cosine", "trainer.checkpoint_every_n_steps=40", "trainer.log_every_n_steps=10"]
 
 
@@ -82,7 +83,7 @@ def test_kill_9_in_epoch_3_then_resume_is_bit_identical(tmp_path, reference):
 
     assert run_in_process("train", f"resume={run_dir}") == 0  # in this process: the resume is what is tested
 
-    assert metrics(run_dir)["status"] == "completed"
+    assert metrics(run_dir)["status"] == "completed" and metrics(run_dir)["epochs"] == 3
     assert _history(run_dir) == _history(reference)
     ours, theirs = _weights(run_dir), _weights(reference)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
