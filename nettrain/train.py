@@ -87,7 +87,7 @@ def auto_monitor(spec: DataSpec, decision: Decision | None) -> str:
     return "val_f1" if decision is not None and decision.tune else "val_accuracy"
 
 
-def planned_epochs(trainer: DictConfig, steps_per_epoch: int) -> int:
+def planned_epochs(trainer: DictConfig, steps_per_epoch: float) -> int:
     """The epochs a run trains: trainer.max_epochs, or fewer when trainer.max_steps comes first, in
     whole epochs (the last may pass max_steps; every epoch is validated and scheduled alike). Derived
     from the config and the data alone, so a resumed run plans what the interrupted one planned."""
