@@ -156,8 +156,9 @@ def test_two_slurm_node_tasks_train_as_one_job(tmp_path, one_process):
     """What hydra/launcher=slurm_ddp runs on each of 2 nodes, both played by this machine."""
     env = {**os.environ, "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_ID": "0",
            "SLURM_JOB_ID": str(os.getpid()), "SLURM_STEP_NODELIST": "localhost"}
+    # One epoch by a step budget: every rank on both nodes must plan the same epochs, or a collective waits forever.
     command = [sys.executable, "-m", "nettrain", "train", f"hydra.run.dir={tmp_path / 'run'}", "data.batch_size=32",
-               *RUN, "trainer.max_epochs=1"]
+               *RUN, "trainer.max_steps=1"]
     nodes = [subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     errors = [node.communicate(timeout=180)[1] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], errors
