@@ -300,11 +300,11 @@ def _resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict[str
         # (a run killed after its last epoch's checkpoint, still "running", resumes to close its records)
         from nettrain.train import planned_epochs
 
-        planned = planned_epochs(saved.trainer, step / epoch)  # whole epochs of step / epoch steps each
+        planned, limits = planned_epochs(saved.trainer, step / epoch)  # whole epochs of step / epoch steps each
         if epoch >= planned:
-            limit = "trainer.max_steps" if planned < saved.trainer.max_epochs else "trainer.max_epochs"
-            raise UserError(f"{ckpt['path']} already finished {epoch} epochs of {limit}={OmegaConf.select(saved, limit)}; "
-                            f"pass a larger {limit} to train on")
+            raise UserError(f"{ckpt['path']} already finished {epoch} epochs of "
+                            f"{' and '.join(f'{k}={OmegaConf.select(saved, k)}' for k in limits)}; "
+                            f"pass a larger {' and '.join(limits)} to train on")
     return saved, ckpt
 
 

@@ -87,13 +87,16 @@ def auto_monitor(spec: DataSpec, decision: Decision | None) -> str:
     return "val_f1" if decision is not None and decision.tune else "val_accuracy"
 
 
-def planned_epochs(trainer: DictConfig, steps_per_epoch: float) -> int:
-    """The epochs a run trains: trainer.max_epochs, or fewer when trainer.max_steps comes first, in
-    whole epochs (the last may pass max_steps; every epoch is validated and scheduled alike). Derived
-    from the config and the data alone, so a resumed run plans what the interrupted one planned."""
-    if not trainer.get("max_steps"):
-        return trainer.max_epochs
-    return min(trainer.max_epochs, math.ceil(trainer.max_steps / steps_per_epoch))
+def planned_epochs(trainer: DictConfig, steps_per_epoch: float) -> tuple[int, list[str]]:
+    """The epochs a run trains, and the limits that set them: trainer.max_epochs, or fewer when
+    trainer.max_steps comes first, in whole epochs (the last may pass max_steps; every epoch is
+    validated and scheduled alike); both when they agree. Derived from the config and the data
+    alone, so a resumed run plans what the interrupted one planned."""
+    limits = {"trainer.max_epochs": trainer.max_epochs}
+    if trainer.get("max_steps"):
+        limits["trainer.max_steps"] = math.ceil(trainer.max_steps / steps_per_epoch)
+    epochs = min(limits.values())
+    return epochs, [key for key, n in limits.items() if n == epochs]
 
 
 class StopSignal:
@@ -208,10 +211,10 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     accumulate = t.accumulate_grad_batches
     batches_per_epoch = min(len(data.train), t.overfit_batches or t.limit_train_batches or len(data.train))
     steps_per_epoch = math.ceil(batches_per_epoch / accumulate)
-    max_epochs = planned_epochs(t, steps_per_epoch)
+    max_epochs, limits = planned_epochs(t, steps_per_epoch)
     if t.get("max_steps") and rt.is_main:
         log.info("trainer.max_steps=%d: %d epochs of %d steps%s", t.max_steps, max_epochs, steps_per_epoch,
-                 f" (trainer.max_epochs={t.max_epochs} comes first)" if max_epochs < t.max_steps / steps_per_epoch else "")
+                 f" (trainer.max_epochs={t.max_epochs} comes first)" if limits == ["trainer.max_epochs"] else "")
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=steps_per_epoch, max_epochs=max_epochs)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
     ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema_decay))

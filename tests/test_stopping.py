@@ -81,6 +81,9 @@ def test_a_step_budget_trains_whole_epochs_and_the_first_limit_wins(tmp_path, ca
     assert run_in_process("train", f"resume={budget}", "trainer.max_epochs=30") == 2
     assert capfd.readouterr().err.strip().splitlines()[-1].endswith(
         "already finished 3 epochs of trainer.max_steps=50; pass a larger trainer.max_steps to train on")
+    assert run_in_process("train", f"resume={budget}", "trainer.max_epochs=3") == 2  # both limits give 3: raise both
+    assert capfd.readouterr().err.strip().splitlines()[-1].endswith(
+        "epochs of trainer.max_epochs=3 and trainer.max_steps=50; pass a larger trainer.max_epochs and trainer.max_steps to train on")
     assert run_in_process("train", f"resume={budget}", "trainer.max_steps=70") == 0
     assert metrics(budget)["epochs"] == 4
 
