@@ -147,6 +147,7 @@ RULES: list[Rule] = [
     ("model.kernel_size", lambda v: _int(v) and v >= 1 and v % 2 == 1, "must be an odd integer >= 1"),
     ("model.pool", _one_of("max", "avg"), "allowed: max, avg"),
     ("model.freeze", _one_of(None, "backbone"), "allowed: null, backbone"),
+    ("model.memory", _one_of(True, False), "allowed: true, false"),
     ("loss.label_smoothing", lambda v: _number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
     ("scheduler.warmup_epochs", lambda v: _number(v) and v >= 0, "must be a number >= 0"),
     ("scheduler.step_epochs", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),

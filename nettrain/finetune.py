@@ -71,6 +71,9 @@ def init_from(model: nn.Module, cfg: DictConfig, spec: DataSpec) -> None:
                                                f"and model {describe(cfg)} has no head to re-initialize (no backbone/head split)")
     if not same_head:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    # A memory's rows are the source's data, not something it learned: this run remembers its own.
+    own = model.state_dict()
+    state |= {k: own[k] for k in ("memory.rows", "memory.targets") if k in own}
     _load(model, state, strict_prefixes=("",) if same_head else ("backbone.",),
           what=f"model.init_from={path} ({describe(source)} from {ckpt['path']})")
     epoch = ckpt.get("progress", {}).get("epoch")

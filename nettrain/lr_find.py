@@ -57,18 +57,14 @@ def range_test(cfg: DictConfig) -> Curve:
     from nettrain.data import DataContext, build_data
     from nettrain.logs import step_bar
     from nettrain.losses import build_loss
-    from nettrain.models import before_data, build_model
+    from nettrain.models import before_data, build_trainable
     from nettrain.optim import build_optimizer
 
     lf = cfg.lr_find
     rt = runtime.setup(cfg.trainer)
     before_data(cfg)
     data = build_data(cfg.data, DataContext(seed=cfg.trainer.seed, device=rt.device))
-    model = build_model(cfg.model, data.spec)
-    if cfg.model.get("init_from") or cfg.model.get("pretrained") or cfg.model.get("freeze"):
-        from nettrain.finetune import prepare
-
-        prepare(model, cfg.model, data.spec)
+    model = build_trainable(cfg.model, data)
     model.to(rt.device).train()
     criterion = build_loss(cfg.loss, data.spec, data.class_weights).to(rt.device)
     optimizer = build_optimizer(cfg.optimizer, model)

@@ -89,7 +89,8 @@ def model_summary(model: nn.Module, input_shape: list[int], device: torch.device
         previous = shape if shape is not None else previous
     return {"parameters": sum(p.numel() for p in model.parameters()),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "input_shape": list(input_shape), "outputs": (_shape(output) or [0])[-1], "layers": layers}
+            "input_shape": list(input_shape), "outputs": (_shape(output) or [0])[-1], "layers": layers,
+            "remembered_rows": len(memory.rows) if (memory := getattr(model, "memory", None)) is not None else None}
 
 
 def startup(cfg: DictConfig, rt: Runtime, data: Data, model: nn.Module, steps_per_epoch: int, epochs: int,
@@ -133,6 +134,8 @@ def startup_lines(facts: dict[str, Any], run_dir: Path) -> list[str]:
         f"data     {d['name']}: {samples}; {classes}; input {shape}",
         f"model    {m['name']}: {_count(m['parameters'])} parameters ({_count(m['trainable'])} trainable), "
         f"{m['outputs']} outputs",
+        *([f"         remembers {_count(m['remembered_rows'])} training rows (model.memory)"]
+          if m.get("remembered_rows") is not None else []),
         f"train    {o['name']} lr {o['lr']:g}, schedule {facts['scheduler']}, batch {facts['batch_size']}",
         f"         {facts['epochs']} epochs x {facts['steps_per_epoch']} steps = {facts['steps']:,} steps",
     ]

@@ -26,7 +26,7 @@ from nettrain.errors import UserError
 from nettrain.logs import console, epoch_line, epoch_progress, final_summary
 from nettrain.losses import build_loss
 from nettrain.metrics import RunningTotals, evaluate, summarize
-from nettrain.models import before_data, build_model
+from nettrain.models import before_data, build_trainable
 from nettrain.models.tta import with_tta
 from nettrain.optim import build_optimizer, build_scheduler
 from nettrain.overfit import memorizing
@@ -195,11 +195,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     decision = Decision.for_run(cfg.get("threshold"), spec, data.train, cfg.early_stopping.monitor)  # binary only
     if cfg.early_stopping.monitor == "auto":  # resolved into the config: the checkpoint and a resume see the key
         cfg.early_stopping.monitor = auto_monitor(spec, decision)
-    model = build_model(cfg.model, spec)
-    if cfg.model.get("init_from") or cfg.model.get("pretrained") or cfg.model.get("freeze"):
-        from nettrain.finetune import prepare
-
-        prepare(model, cfg.model, spec)
+    model = build_trainable(cfg.model, data)
     if rt.device.type == "cpu" and not t.threads:
         threads, why = runtime.choose_threads(model, cfg.data.batch_size, rt.world_size)
         torch.set_num_threads(threads)

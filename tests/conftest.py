@@ -47,6 +47,12 @@ def metrics(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def history(run_dir: Path) -> list[dict[str, Any]]:
+    """metrics.json's epochs less their timings, which differ from run to run: what a resume must replay."""
+    return [{k: v for k, v in r.items() if k not in ("seconds", "train_samples_per_sec")}
+            for r in metrics(run_dir)["history"]]
+
+
 def save_malicious_checkpoint(path: Path, marker: Path) -> None:
     """A file that looks like a checkpoint but would create `marker` if it were ever unpickled."""
     import torch

@@ -105,3 +105,17 @@ def machines_csv(path: Path, rows: int = 300, seed: int = 0) -> Path:
     table.loc[::17, "model"] = np.nan
     table.to_csv(path, index=False)
     return path
+
+
+def repeated_rows(path: Path, unique: int = 60, copies: int = 4, task: str = "classification", seed: int = 0) -> Path:
+    """Rows whose target follows no rule (a label or number drawn per row), each written `copies` times:
+    only recalling a row seen in training answers for its copy in val."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(unique, 3)).round(3)
+    target = rng.choice(["red", "green", "blue"], unique) if task == "classification" else rng.normal(50, 10, unique)
+    table = pd.DataFrame(x, columns=["a", "b", "c"]).assign(target=target)
+    table = table.loc[table.index.repeat(copies)].sample(frac=1, random_state=seed)
+    table.to_csv(path, index=False)
+    return path

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import metrics, nettrain, run_in_process, save_malicious_checkpoint, train
+from conftest import history, metrics, nettrain, run_in_process, save_malicious_checkpoint, train
 from datagen import image_folder, machines_csv
 from nettrain import checkpoint as checkpoint_module
 from nettrain.checkpoint import load_checkpoint, save_checkpoint
@@ -32,11 +32,6 @@ def _one_line(text: str) -> str:
     assert "Traceback" not in text and "\x1b" not in text
     return lines[0]
 
-
-def _history(run_dir: Path) -> list[dict]:
-    """metrics.json's epochs less their timings."""
-    return [{k: v for k, v in r.items() if k not in ("seconds", "train_samples_per_sec")}
-            for r in metrics(run_dir)["history"]]
 
 
 def _snapshot(run_dir: Path) -> dict[str, tuple[bytes, int]]:
@@ -222,7 +217,7 @@ def test_a_kill_at_any_rename_is_repaired_on_resume(tmp_path, monkeypatch, unint
     assert run_in_process("train", f"resume={run_dir}") == 0
 
     _consistent(run_dir)
-    assert _history(run_dir) == _history(uninterrupted)
+    assert history(run_dir) == history(uninterrupted)
     ours, theirs = (load_checkpoint(d / "checkpoints" / "best.pt")["model"] for d in (run_dir, uninterrupted))
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 

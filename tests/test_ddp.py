@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import TensorDataset
 
 from conftest import metrics, nettrain, run_in_process, train
+from datagen import repeated_rows
 from nettrain.data.loaders import StreamLoader, TensorLoader, batch_plan
 from nettrain.data.spec import DataSpec
 from nettrain.launch import cluster, first_host
@@ -54,6 +55,16 @@ def test_two_processes_match_one_process_through_a_resume(tmp_path, one_process,
     # The checkpoint loads into a plain single-process model: no DDP `module.` prefixes.
     ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     build_model(OmegaConf.create(ckpt["config"]["model"]), DataSpec.from_dict(ckpt["spec"])).load_state_dict(ckpt["model"])
+
+
+def test_a_table_with_memory_trains_on_two_processes_as_on_one(tmp_path):
+    # Each rank trains on its share of the rows, and remembers them all.
+    args = ["data=csv", f"data.path={repeated_rows(tmp_path / 'rows.csv')}", "data.target=target", "model.memory=true",
+            *RUN]
+    one = train(tmp_path, *args, "data.batch_size=64", name="one")
+    two = train(tmp_path, *args, "trainer.devices=2", "data.batch_size=32", name="two")
+    assert_same_epochs(metrics(two)["history"], metrics(one)["history"])
+    assert metrics(two)["best"]["val_accuracy"] >= 0.95
 
 
 def test_ranks_draw_their_own_dropout_masks_and_resume_them_exactly(tmp_path):

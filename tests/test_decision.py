@@ -15,7 +15,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from conftest import metrics, run_in_process, train
+from conftest import history, metrics, run_in_process, train
 from nettrain.config import monitor_mode
 from nettrain.decision import Decision, best_threshold, positive_index, precision_recall_f1, predict
 from nettrain.logs import epoch_line
@@ -60,9 +60,6 @@ def auto_run(tmp_path_factory, csv) -> Path:
 def fixed_run(tmp_path_factory, csv) -> Path:
     return train(tmp_path_factory.mktemp("fixed"), *run_args(csv, "threshold=0.3"))
 
-
-def history(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("seconds", "train_samples_per_sec")} for r in metrics(run_dir)["history"]]
 
 
 def decision_of(path: Path) -> dict:

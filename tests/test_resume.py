@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import metrics, run_in_process, train
+from conftest import history, metrics, run_in_process, train
 
 # Slow enough epochs (~1 s) that a signal lands inside one; cosine + dropout + mid-epoch checkpoints
 # make any slip in restoring the schedule, RNG or data order show in the weights. 3 epochs by a step
@@ -21,9 +21,6 @@ from conftest import metrics, run_in_process, train
 RUN = ["trainer.max_steps=500", "model.hidden=[256,256]", "model.dropout=0.3", "data.batch_size=8",
        "scheduler=cosine", "trainer.checkpoint_every_n_steps=40", "trainer.log_every_n_steps=10"]
 
-
-def _history(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("seconds", "train_samples_per_sec")} for r in metrics(run_dir)["history"]]
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -84,7 +81,7 @@ def test_kill_9_in_epoch_3_then_resume_is_bit_identical(tmp_path, reference):
     assert run_in_process("train", f"resume={run_dir}") == 0  # in this process: the resume is what is tested
 
     assert metrics(run_dir)["status"] == "completed" and metrics(run_dir)["epochs"] == 3
-    assert _history(run_dir) == _history(reference)
+    assert history(run_dir) == history(reference)
     ours, theirs = _weights(run_dir), _weights(reference)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
@@ -103,7 +100,7 @@ def test_signal_saves_and_prints_the_resume_command(tmp_path, reference, sig, co
     assert f"nettrain train resume={run_dir}" in stderr
     if sig == signal.SIGINT:  # the resumed run ends exactly like the uninterrupted one
         assert run_in_process("train", f"resume={run_dir}") == 0
-        assert _history(run_dir) == _history(reference)
+        assert history(run_dir) == history(reference)
         ours, theirs = _weights(run_dir), _weights(reference)
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
@@ -126,7 +123,7 @@ def test_same_seed_same_metrics(tmp_path):
     runs = [tmp_path / "a", tmp_path / "b"]
     for run_dir in runs:
         assert run_in_process("train", f"hydra.run.dir={run_dir}", "trainer.max_epochs=2") == 0
-    assert _history(runs[0]) == _history(runs[1])
+    assert history(runs[0]) == history(runs[1])
     recorded = metrics(runs[0])
     assert recorded["seed"] == 0
     assert recorded["environment"]["torch"] == torch.__version__ and recorded["environment"]["nettrain"]

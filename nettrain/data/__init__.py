@@ -40,6 +40,9 @@ class Data:
     # What was read, in brief ({"files": n, "digest": hex}): a resumed run warns when it changed,
     # since the data order it replays is no longer the interrupted run's.
     fingerprint: dict[str, Any] | None = None
+    # The training split's inputs and targets, where the data is a table held in memory: what a model
+    # with a memory (model.memory=true) remembers.
+    rows: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def close(self) -> None:
         """Stop the loaders' worker processes (a run's end, however it ends)."""

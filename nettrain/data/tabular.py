@@ -223,4 +223,5 @@ def build(cfg: DictConfig, ctx: DataContext) -> Data:
                 val=tensor_loader(x[val_idx], y[val_idx], cfg, ctx, train=False),
                 class_weights=balanced_weights(y[train_idx].tolist(), len(class_names))
                 if class_names and cfg.get("class_weights") == "balanced" else None,
-                fingerprint=files_fingerprint([Path(path)]))
+                fingerprint=files_fingerprint([Path(path)]),
+                rows=(x[train_idx], y[train_idx]))

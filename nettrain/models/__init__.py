@@ -14,6 +14,7 @@ import importlib
 from omegaconf import DictConfig
 from torch import nn
 
+from nettrain.data import Data
 from nettrain.data.spec import DataSpec
 from nettrain.errors import invalid
 from nettrain.models.net import Net
@@ -47,6 +48,23 @@ def build_model(cfg: DictConfig, spec: DataSpec) -> nn.Module:
         raise invalid("model.name", cfg.get("name"), "allowed: " + ", ".join(MODELS) + ", or a _target_ (your own model)")
     module, function = MODELS[cfg.name].split(":")
     return getattr(importlib.import_module(module), function)(cfg, spec)
+
+
+def build_trainable(cfg: DictConfig, data: Data) -> nn.Module:
+    """The network a run trains on `data`: built for its spec, started from the weights `init_from` or
+    `pretrained` name and frozen as `freeze` says, its memory (if any) holding the training rows."""
+    model = build_model(cfg, data.spec)
+    if cfg.get("init_from") or cfg.get("pretrained") or cfg.get("freeze"):
+        from nettrain.finetune import prepare
+
+        prepare(model, cfg, data.spec)
+    memory = getattr(model, "memory", None)
+    if memory is not None:  # after init_from: a fine-tuned model remembers its own data
+        if data.rows is None:
+            raise invalid("model.memory", True, "it remembers the rows of a table (data=csv), and this data has "
+                                                "none; allowed: false")
+        memory.remember(*data.rows)
+    return model
 
 
 def describe(cfg: DictConfig | dict) -> str:

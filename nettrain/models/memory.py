@@ -1,0 +1,82 @@
+"""A memory of the training rows for models on tables (`model.memory=true`).
+
+Each remembered row x_j weighs in by its nearness to the input, `w_j = scale * exp(-|x - x_j|^2 / width)`
+(`scale` and `width` learned): for classes, the logits gain w_j on x_j's class; for a number, the output
+is the average of the network's answer (weight 1) and the rows' targets (weights w_j). A row seen in
+training, or one very near it, so answers as it did there, while far rows weigh next to nothing and the
+network's own answer stands for rows unlike any it trained on. Tables repeat rows (a third of the UCI
+white-wine val rows copy a training row): a forest recalls them through its deep trees, whereas an MLP
+must over-train to, and loses what it had learned for new rows on the way (see the README's Quality table).
+
+The rows are the training split as the model sees it (preprocessed), held in the model's state: every
+checkpoint, and so eval, predict and export, carries them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nettrain.errors import UserError
+
+# Rows x inputs one memory may hold: 20M float32 values is 80 MB in every checkpoint, and a batch
+# compares itself with every row.
+MAX_VALUES = 20_000_000
+# The rows that weigh in: the nearest this many (a row's weight halves every 0.035 of squared distance
+# at the starting width, so the 33rd nearest rarely counts), which keeps a batch's cost to a few per row.
+NEIGHBOURS = 32
+# Rows this close (squared distance, in standardized units) are the same row: float rounding, not data.
+SAME_ROW = 1e-4
+
+
+class Memory(nn.Module):
+    """Rows and their targets, weighed into the output by their nearness to the input."""
+
+    def __init__(self, inputs: int, classes: int, regression: bool = False) -> None:
+        super().__init__()
+        self.regression = regression
+        self.register_buffer("rows", torch.zeros(0, inputs))
+        self.register_buffer("targets", torch.zeros(0, 1 if regression else classes))  # the value, or one-hot
+        # scale e, width 0.05: an exact copy's vote starts strong, and one standard deviation away on
+        # a single input already counts for e^-20 of it.
+        self.log_scale = nn.Parameter(torch.tensor(1.0))
+        self.log_width = nn.Parameter(torch.tensor(-3.0))
+
+    def remember(self, rows: torch.Tensor, targets: torch.Tensor) -> None:
+        """Hold `rows` (inputs, one per row) and their `targets` (class indices, or numbers)."""
+        rows = rows.flatten(1).float()
+        if rows.numel() > MAX_VALUES:
+            raise UserError(f"model.memory=true: {rows.shape[0]:,} training rows x {rows.shape[1]} inputs is over the "
+                            f"{MAX_VALUES:,} values a memory holds; allowed for this data: model.memory=false")
+        self.rows = rows.to(self.rows.device)
+        targets = targets.float().view(-1, 1) if self.regression else F.one_hot(targets.long(), self.targets.shape[1])
+        self.targets = targets.float().to(self.targets.device)
+
+    def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The network's output `out` for the inputs `x`, with the nearest remembered rows weighed in."""
+        with torch.autocast(x.device.type, enabled=False):  # bf16 distances would blur copies into neighbours
+            x = x.flatten(1).float()
+            with torch.no_grad():  # squared distances to every row, to find the nearest
+                d2 = (x.square().sum(1, keepdim=True) + self.rows.square().sum(1) - 2 * x @ self.rows.T).clamp_min(0)
+                d2, nearest = d2.topk(min(NEIGHBOURS, len(self.rows)), dim=1, largest=False)
+            near = self.log_scale.exp() * torch.exp(-d2 / self.log_width.exp())
+            if self.training:
+                # A training row is in the memory itself: leave it out, or the network learns to copy the
+                # answer it is given. Its copies (the same row, with the same target) share that one leave.
+                same = (d2 <= SAME_ROW).float()
+                near = near - same * near / same.sum(1, keepdim=True).clamp_min(1)
+            votes = (near.unsqueeze(-1) * self.targets[nearest]).sum(1)
+            if self.regression:
+                return (out.float() + votes) / (1 + near.sum(1, keepdim=True))
+            return out.float() + votes
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A checkpoint's memory has its own number of rows: take its shape, then its values.
+        for name in ("rows", "targets"):
+            saved = state_dict.get(prefix + name)
+            if isinstance(saved, torch.Tensor) and saved.dim() == 2:
+                setattr(self, name, torch.empty(saved.shape, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
