@@ -59,9 +59,10 @@ class Memory(nn.Module):
         """The network's output `out` for the inputs `x`, with the nearest remembered rows weighed in."""
         with torch.autocast(x.device.type, enabled=False):  # bf16 distances would blur copies into neighbours
             x = x.flatten(1).float()
-            with torch.no_grad():  # squared distances to every row, to find the nearest
-                d2 = (x.square().sum(1, keepdim=True) + self.rows.square().sum(1) - 2 * x @ self.rows.T).clamp_min(0)
-                d2, nearest = d2.topk(min(NEIGHBOURS, len(self.rows)), dim=1, largest=False)
+            with torch.no_grad():  # the nearest rows: |r|^2 - 2 x.r ranks them as the squared distance does
+                rank = torch.addmm(self.rows.square().sum(1), x, self.rows.T, alpha=-2)
+                d2, nearest = rank.topk(min(NEIGHBOURS, len(self.rows)), dim=1, largest=False)
+                d2 = (d2 + x.square().sum(1, keepdim=True)).clamp_min(0)
             near = self.log_scale.exp() * torch.exp(-d2 / self.log_width.exp())
             if self.training:
                 # A training row is in the memory itself: leave it out, or the network learns to copy the
