@@ -42,6 +42,12 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """DistributedDataParallel around `model`; checkpoints keep saving the unwrapped model."""
     from torch.nn.parallel import DistributedDataParallel
 
+    from nettrain.models.memory import DATA_BUFFERS, Memory
+
+    # DDP broadcasts rank 0's buffers every step; a memory's rows (up to 80 MB) are the same on every rank.
+    alike = [f"{name}.{buffer}" for name, module in model.named_modules() if isinstance(module, Memory)
+             for buffer in DATA_BUFFERS]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, alike)
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 

@@ -27,6 +27,7 @@ from nettrain.config import absolute
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError, invalid
 from nettrain.models import Net, describe
+from nettrain.models.memory import DATA_BUFFERS
 
 log = logging.getLogger("nettrain")
 
@@ -73,7 +74,7 @@ def init_from(model: nn.Module, cfg: DictConfig, spec: DataSpec) -> None:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
     # A memory's rows are the source's data, not something it learned: this run remembers its own.
     own = model.state_dict()
-    state |= {k: own[k] for k in ("memory.rows", "memory.targets") if k in own}
+    state |= {k: own[k] for k in (f"memory.{name}" for name in DATA_BUFFERS) if k in own}
     _load(model, state, strict_prefixes=("",) if same_head else ("backbone.",),
           what=f"model.init_from={path} ({describe(source)} from {ckpt['path']})")
     epoch = ckpt.get("progress", {}).get("epoch")

@@ -35,6 +35,15 @@ def test_in_training_a_row_leaves_out_its_own_vote_but_not_its_copys():
     assert votes[1].tolist() == pytest.approx([0.0, math.e])  # its copy still answers
 
 
+def test_a_row_leaves_out_its_own_vote_where_matmuls_round_like_tf32(monkeypatch):
+    # On a GPU the ranking matmul may run in TF32 (~1e-3 relative): a distance taken from it would put a
+    # row ~0.01 from itself, and the row would vote for its own label in training.
+    addmm = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: addmm(*a, **k) + 0.05)
+    m = memory([[1.0, 2.0], [3.0, 3.0]], [1, 0]).train()
+    assert m(torch.tensor([[1.0, 2.0]]), torch.zeros(1, 2)).abs().max() < 1e-6
+
+
 def test_for_a_number_the_output_averages_the_network_and_the_near_rows():
     m = memory([[0.0], [9.0]], [10.0, -4.0], regression=True).eval()
     out = m(torch.tensor([[0.0], [100.0]]), torch.tensor([[1.0], [2.0]]))

@@ -28,8 +28,10 @@ MAX_VALUES = 20_000_000
 # The rows that weigh in: the nearest this many (a row's weight halves every 0.035 of squared distance
 # at the starting width, so the 33rd nearest rarely counts), which keeps a batch's cost to a few per row.
 NEIGHBOURS = 32
-# Rows this close (squared distance, in standardized units) are the same row: float rounding, not data.
+# Rows this close (squared distance, in standardized units) are the same row.
 SAME_ROW = 1e-4
+# The buffers that are data, not learned: every DDP rank fills them alike, so none is broadcast.
+DATA_BUFFERS = ("rows", "targets")
 
 
 class Memory(nn.Module):
@@ -59,10 +61,13 @@ class Memory(nn.Module):
         """The network's output `out` for the inputs `x`, with the nearest remembered rows weighed in."""
         with torch.autocast(x.device.type, enabled=False):  # bf16 distances would blur copies into neighbours
             x = x.flatten(1).float()
-            with torch.no_grad():  # the nearest rows: |r|^2 - 2 x.r ranks them as the squared distance does
+            with torch.no_grad():
+                # The nearest rows: |r|^2 - 2 x.r ranks them as the squared distance does, in one matmul.
                 rank = torch.addmm(self.rows.square().sum(1), x, self.rows.T, alpha=-2)
-                d2, nearest = rank.topk(min(NEIGHBOURS, len(self.rows)), dim=1, largest=False)
-                d2 = (d2 + x.square().sum(1, keepdim=True)).clamp_min(0)
+                nearest = rank.topk(min(NEIGHBOURS, len(self.rows)), dim=1, largest=False).indices
+                # Their distances from the differences: exact (a copy is at 0) even where matmuls run in
+                # TF32 on a GPU, whose rounding would put a copy at ~0.01 and let a row vote for itself.
+                d2 = (x.unsqueeze(1) - self.rows[nearest]).square().sum(-1)
             near = self.log_scale.exp() * torch.exp(-d2 / self.log_width.exp())
             if self.training:
                 # A training row is in the memory itself: leave it out, or the network learns to copy the
@@ -76,7 +81,7 @@ class Memory(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # A checkpoint's memory has its own number of rows: take its shape, then its values.
-        for name in ("rows", "targets"):
+        for name in DATA_BUFFERS:
             saved = state_dict.get(prefix + name)
             if isinstance(saved, torch.Tensor) and saved.dim() == 2:
                 setattr(self, name, torch.empty(saved.shape, device=getattr(self, name).device))
