@@ -35,20 +35,32 @@ def _flatten(node: Any, prefix: str, out: set[str]) -> None:
 
 
 @cache
-def known_keys() -> tuple[str, ...]:
-    """Every config key and group name nettrain's configs define (dotted)."""
+def key_owners() -> dict[str, tuple[str, ...]]:
+    """Every config key and group name nettrain's configs define (dotted), each with the group options
+    that define it (`model.hidden` -> `model=mlp`; none for a primary config's keys and group names)."""
     root = configs_dir()
-    keys: set[str] = set()
+    owners: dict[str, set[str]] = {}
     for path in root.glob("*.yaml"):  # the primary configs: train, lr_find, check_data
+        keys: set[str] = set()
         primary = OmegaConf.to_container(OmegaConf.load(path)) or {}
         _flatten({k: v for k, v in primary.items() if k not in ("defaults", "hydra")}, "", keys)
+        for key in keys:
+            owners.setdefault(key, set())
     for group in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
-        keys.add(group.name)
+        owners.setdefault(group.name, set())
         if group.name in _GLOBAL_GROUPS:
             continue
         for option in group.glob("*.yaml"):
+            keys = set()
             _flatten(OmegaConf.to_container(OmegaConf.load(option)) or {}, f"{group.name}.", keys)
-    return tuple(sorted(keys))
+            for key in keys:
+                owners.setdefault(key, set()).add(f"{group.name}={option.stem}")
+    return {key: tuple(sorted(options)) for key, options in sorted(owners.items())}
+
+
+def known_keys() -> tuple[str, ...]:
+    """Every config key and group name nettrain's configs define (dotted)."""
+    return tuple(key_owners())
 
 
 def group_options(group: str) -> list[str]:
@@ -66,6 +78,11 @@ def explain(error: BaseException) -> str | None:
     match = _OVERRIDE.search(text)
     if match:
         key = match.group(1)
+        owners = key_owners().get(key)
+        if owners:  # a real key, of options other than the one chosen
+            choose = owners[0] if len(owners) == 1 else "one of them"
+            return (f"unknown key {key} for the {key.split('.')[0]} chosen: it is a key of {', '.join(owners)}; "
+                    f"choose {choose} or leave it out")
         guess = nearest(key, known_keys())
         hint = f"did you mean {guess}?" if guess else f"to add a new key use +{key}=..."
         return f"unknown key {key}: {hint} (`nettrain train --cfg job` prints every key)"

@@ -52,6 +52,8 @@ def test_paths_are_quoted_for_hydra_and_nothing_else_is():
     (["train", "optimizer.lrr=1"], "unknown key optimizer.lrr: did you mean optimizer.lr?"),
     (["train", "modle=cnn"], "unknown key modle: did you mean model?"),
     (["lr-find", "lr_find.step=20"], "unknown key lr_find.step: did you mean lr_find.steps?"),
+    (["train", "model=cnn", "model.memory=true"],  # a key of another model, not a typo
+     "unknown key model.memory for the model chosen: it is a key of model=mlp; choose model=mlp or leave it out"),
     (["train", "logger=[csv,tensorbord]"], "unknown logger=tensorbord; did you mean tensorboard? allowed: csv, mlflow"),
     (["eval", "ckpt=x", "splt=test"], "unknown argument splt=...; did you mean split?"),
     (["predict", "ckpt=x", "input=y", "topk=3"], "unknown argument topk=...; did you mean top_k?"),
