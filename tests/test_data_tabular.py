@@ -112,6 +112,9 @@ def test_bad_csv_inputs_are_one_line_errors(tmp_path, capsys):
     assert "missing data.path" in bad_input(tmp_path, capsys, "data.target=b")
     assert "invalid data.task='guess'" in bad_input(tmp_path, capsys, f"data.path={path}", "data.target=failure",
                                                     "data.task=guess")
+    (tmp_path / "inf.csv").write_text("a,b\ninf,1\n" + "1,0\n2,1\n" * 4)
+    assert "column 'a' of " in (line := bad_input(tmp_path, capsys, f"data.path={tmp_path / 'inf.csv'}", "data.target=b"))
+    assert "holds inf on line 2: values must be finite" in line
 
 
 def test_predict_input_missing_a_feature_is_an_error(tmp_path):

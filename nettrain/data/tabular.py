@@ -72,7 +72,7 @@ def numeric_column(column: Any, name: str, path: str | Path) -> Any:
         values = values.astype("float64")
     huge = values[values.abs() > FLOAT32_MAX]
     if len(huge):
-        raise UserError(f"column {name!r} of {path} holds {huge.iloc[0]!r} on line {huge.index[0] + 2}: values must be "
+        raise UserError(f"column {name!r} of {path} holds {float(huge.iloc[0]):g} on line {huge.index[0] + 2}: values must be "
                         f"finite and within +-{FLOAT32_MAX:.3g}; fix or remove the row (or data.drop=[{name}])")
     return values
 
