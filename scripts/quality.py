@@ -73,38 +73,39 @@ def image_recipe(name: str, root: str, out: Path, extra: list[str], *args: str) 
     return result | {"data": root, "reference": REFERENCE[name]}
 
 
-def forest_baseline(path: str, target: str, drop: list[str]) -> dict[str, Any]:
-    """A RandomForest on nettrain's own split of the file (same val_fraction and seed), for reference."""
+def forest_baseline(run_dir: str) -> dict[str, Any]:
+    """A RandomForest on the split the run at `run_dir` trained on (its own file, columns, val_fraction
+    and seed, as nettrain split them), for reference."""
     import numpy as np
     import pandas as pd
+    from omegaconf import OmegaConf
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
     from sklearn.metrics import f1_score
 
     sys.path.insert(0, str(REPO))
-    from nettrain.data.labels import split_indices
-    from nettrain.data.tabular import detect_task
+    from nettrain.data.tabular import choose_columns, read_table, split_rows
 
-    table = pd.read_csv(path, skipinitialspace=True)
-    table = table[table[target].notna()]
-    y = table.pop(target)
-    x = pd.get_dummies(table.drop(columns=drop), dummy_na=True).fillna(0).to_numpy(np.float64)
+    cfg = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+    path = cfg.data.path
+    table = read_table(path, list(cfg.data.get("categorical") or []))
+    table = table[table[cfg.data.target].notna()]
+    task, _, y, train_idx, val_idx = split_rows(table, cfg.data, cfg.trainer.seed, path)
+    features, _ = choose_columns(table, cfg.data, path)
+    x = pd.get_dummies(table[features], dummy_na=True).fillna(0).to_numpy(np.float64)
+    split = f"trainer.seed={cfg.trainer.seed}, data.val_fraction={cfg.data.val_fraction}"
     started = time.perf_counter()
-    if detect_task(y, "auto") == "regression":
-        train_idx, val_idx = split_indices(y.tolist(), 0.2, 0, stratify=False)
-        model = RandomForestRegressor(300, random_state=0, n_jobs=-1).fit(x[train_idx], y.iloc[train_idx])
-        error = model.predict(x[val_idx]) - y.iloc[val_idx].to_numpy()
+    if task == "regression":
+        model = RandomForestRegressor(300, random_state=0, n_jobs=-1).fit(x[train_idx], y[train_idx])
+        error = model.predict(x[val_idx]) - y[val_idx]
         return {"model": "RandomForestRegressor(300)", "rmse": round(float(np.sqrt(np.mean(error ** 2))), 4),
-                "seconds": round(time.perf_counter() - started, 1)}
-    labels = y.astype(str).to_numpy()
-    classes, codes = np.unique(labels, return_inverse=True)
-    train_idx, val_idx = split_indices(codes.tolist(), 0.2, 0)
-    model = RandomForestClassifier(300, random_state=0, n_jobs=-1).fit(x[train_idx], codes[train_idx])
+                "split": split, "seconds": round(time.perf_counter() - started, 1)}
+    model = RandomForestClassifier(300, random_state=0, n_jobs=-1).fit(x[train_idx], y[train_idx])
     predicted = model.predict(x[val_idx])
-    result = {"model": "RandomForestClassifier(300)", "accuracy": round(float((predicted == codes[val_idx]).mean()), 4),
-              "seconds": round(time.perf_counter() - started, 1)}
-    if len(classes) == 2:
-        rare = int(np.argmin(np.bincount(codes[train_idx], minlength=2)))
-        result["f1"] = round(float(f1_score(codes[val_idx], predicted, pos_label=rare)), 4)
+    result = {"model": "RandomForestClassifier(300)", "accuracy": round(float((predicted == y[val_idx]).mean()), 4),
+              "split": split, "seconds": round(time.perf_counter() - started, 1)}
+    if y.max() == 1:  # binary: the rare class as training sees it
+        rare = int(np.argmin(np.bincount(y[train_idx], minlength=2)))
+        result["f1"] = round(float(f1_score(y[val_idx], predicted, pos_label=rare)), 4)
     return result
 
 
@@ -117,7 +118,7 @@ def csv_recipe(spec: str, out: Path, extra: list[str]) -> dict[str, Any]:
         if columns:
             args.append(f"data.{key}=[" + ",".join(columns) + "]")
     result = train(name, out, extra, *args)
-    return result | {"recipe": "tabular", "data": path, "reference": forest_baseline(path, target, drop)}
+    return result | {"recipe": "tabular", "data": path, "reference": forest_baseline(result["run_dir"])}
 
 
 def text_recipe(spec: str, out: Path, extra: list[str]) -> dict[str, Any]:
