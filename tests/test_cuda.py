@@ -130,3 +130,17 @@ def test_a_threshold_tuned_on_cuda_is_the_one_eval_decides_with(tmp_path):
     best = metrics(run_dir)["best"]
     result = _eval(run_dir / "checkpoints" / "best.pt", tmp_path / "eval", f"device={DEVICE}")
     assert result["threshold"] == best["val_threshold"] and result["f1"] == best["val_f1"]
+
+
+def test_a_memory_of_rows_recalls_them_on_cuda_and_its_checkpoint_on_the_cpu(tmp_path):
+    # Under the GPU's defaults (bf16, TF32 matmuls) the rows live on the device with the model; eval there
+    # reproduces validation, and the CPU recalls what the GPU learned.
+    from datagen import repeated_rows
+
+    run_dir = train(tmp_path, *MLP, "data=csv", f"data.path={repeated_rows(tmp_path / 'rows.csv')}",
+                    "data.target=target", "model.memory=true", "trainer.max_epochs=3", "trainer.precision=bf16")
+    best = metrics(run_dir)["best"]
+    assert best["val_accuracy"] >= 0.95
+    on_gpu = _eval(run_dir / "checkpoints" / "best.pt", tmp_path / "gpu", f"device={DEVICE}")
+    assert on_gpu["loss"] == pytest.approx(best["val_loss"], rel=1e-6) and on_gpu["accuracy"] == best["val_accuracy"]
+    assert _eval(run_dir / "checkpoints" / "best.pt", tmp_path / "cpu", "device=cpu")["accuracy"] == best["val_accuracy"]
