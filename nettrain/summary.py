@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from nettrain.models import describe
+from nettrain.models.memory import memory_of
 from nettrain.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def model_summary(model: nn.Module, input_shape: list[int], device: torch.device
     return {"parameters": sum(p.numel() for p in model.parameters()),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "input_shape": list(input_shape), "outputs": (_shape(output) or [0])[-1], "layers": layers,
-            "remembered_rows": len(memory.rows) if (memory := getattr(model, "memory", None)) is not None else None}
+            "remembered_rows": len(memory.rows) if (memory := memory_of(model)) is not None else None}
 
 
 def startup(cfg: DictConfig, rt: Runtime, data: Data, model: nn.Module, steps_per_epoch: int, epochs: int,

@@ -268,3 +268,23 @@ def test_resume_last_continues_the_newest_run_and_says_when_there_is_none(tmp_pa
     assert run_in_process("train", "resume=latest", "trainer.max_epochs=2") == 0
     assert metrics(tmp_path / "outputs" / "x" / "newer")["epochs"] == 2
     assert metrics(tmp_path / "outputs" / "x" / "older")["epochs"] == 1
+
+
+def test_a_users_own_module_named_memory_is_not_taken_for_nettrains(tmp_path, monkeypatch, user_code):
+    # model.memory is nettrain's memory of table rows; a user's net may call a part of itself `memory`.
+    (tmp_path / "recurrent.py").write_text(
+        "from torch import nn\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, in_channels: int, num_classes: int):\n"
+        "        super().__init__()\n"
+        "        self.backbone, self.memory = nn.Flatten(), nn.Linear(in_channels * 64, 32)  # digits: 8x8\n"
+        "        self.head = nn.Linear(32, num_classes)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.memory(self.backbone(x)))\n")
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "recurrent.yaml").write_text("_target_: recurrent.Net\n")
+    monkeypatch.chdir(tmp_path)
+    assert run_in_process("train", "--config-dir", "conf", "model=recurrent", "trainer.max_epochs=1") == 0
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    assert metrics(run_dir)["status"] == "completed"
+    assert "training rows" not in (run_dir / "train.log").read_text()

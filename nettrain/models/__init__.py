@@ -17,6 +17,7 @@ from torch import nn
 from nettrain.data import Data
 from nettrain.data.spec import DataSpec
 from nettrain.errors import invalid
+from nettrain.models.memory import memory_of
 from nettrain.models.net import Net
 
 # The models whose `model.pretrained=imagenet` is torchvision's ImageNet weights.
@@ -58,7 +59,7 @@ def build_trainable(cfg: DictConfig, data: Data) -> nn.Module:
         from nettrain.finetune import prepare
 
         prepare(model, cfg, data.spec)
-    memory = getattr(model, "memory", None)
+    memory = memory_of(model)
     if memory is not None:  # after init_from: a fine-tuned model remembers its own data
         if data.rows is None:
             raise invalid("model.memory", True, "it remembers the rows of a table (data=csv), and this data has "

@@ -86,3 +86,9 @@ class Memory(nn.Module):
             if isinstance(saved, torch.Tensor) and saved.dim() == 2:
                 setattr(self, name, torch.empty(saved.shape, device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def memory_of(model: nn.Module) -> Memory | None:
+    """The model's memory of rows, if it has one (a user's own model may call something else `memory`)."""
+    memory = getattr(model, "memory", None)
+    return memory if isinstance(memory, Memory) else None
