@@ -98,14 +98,20 @@ def test_predict_csv_rows_of_a_tabular_model(tmp_path, capsys):
                     "trainer.max_epochs=2")
     new = tmp_path / "new.csv"
     new.write_text("temperature,machine\n45,a\nhot,b\n21,b\n")
+    capsys.readouterr()  # training's own warnings
     assert run_in_process("predict", f"ckpt={run_dir}", f"input={new}", "format=json") == 0
     out, err = capsys.readouterr()
     predictions = json.loads(out)
     assert [p["input"] for p in predictions] == [f"{new}:2", f"{new}:4"]  # FILE:LINE; line 3 is unreadable
     assert "1 of 3 input(s) could not be read" in err and "'hot' on line 3" in err
+    assert "the model was trained on numbers there: fix or remove the row" in err  # not how to train another
+    assert "data." not in err
     for p in predictions:
         assert set(p["probabilities"]) == {"no", "yes"}
         assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    (tmp_path / "header.csv").write_text("temperature,machine\n")
+    assert run_in_process("predict", f"ckpt={run_dir}", f"input={tmp_path / 'header.csv'}") == 2
+    assert capsys.readouterr().err.strip().endswith("header.csv has no rows, only a header")
 
 
 

@@ -48,7 +48,7 @@ def read_table(path: str | Path, categorical: list[str] = ()) -> Any:
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
         raise UserError(f"cannot read {path} as CSV: {str(e).strip().splitlines()[0]}") from None
     if table.empty:
-        raise UserError(f"{path} has no rows (only a header): nothing to train on")
+        raise UserError(f"{path} has no rows, only a header")
     return table
 
 
@@ -57,8 +57,9 @@ def read_table(path: str | Path, categorical: list[str] = ()) -> Any:
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def numeric_column(column: Any, name: str, path: str | Path) -> Any:
-    """The column as floats, or a one-line error naming a value that is not a number or not finite."""
+def numeric_column(column: Any, name: str, path: str | Path, trained: bool = False) -> Any:
+    """The column as floats, or a one-line error naming a value that is not a number or not finite. For
+    the input of a `trained` model the remedy is the value, never the config that shaped the model."""
     import pandas as pd
 
     if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
@@ -67,13 +68,16 @@ def numeric_column(column: Any, name: str, path: str | Path) -> Any:
         values = pd.to_numeric(column, errors="coerce")
         bad = column[values.isna() & column.notna()]
         if len(bad):
+            remedy = ("the model was trained on numbers there: fix or remove the row" if trained else
+                      f"declare it categorical with data.categorical=[{name}] or leave it out with data.drop=[{name}]")
             raise UserError(f"column {name!r} of {path} is not numeric (e.g. {bad.iloc[0]!r} on line {bad.index[0] + 2}); "
-                            f"declare it categorical with data.categorical=[{name}] or leave it out with data.drop=[{name}]")
+                            f"{remedy}")
         values = values.astype("float64")
     huge = values[values.abs() > FLOAT32_MAX]
     if len(huge):
+        or_drop = "" if trained else f" (or data.drop=[{name}])"
         raise UserError(f"column {name!r} of {path} holds {float(huge.iloc[0]):g} on line {huge.index[0] + 2}: values must be "
-                        f"finite and within +-{FLOAT32_MAX:.3g}; fix or remove the row (or data.drop=[{name}])")
+                        f"finite and within +-{FLOAT32_MAX:.3g}; fix or remove the row{or_drop}")
     return values
 
 
@@ -130,7 +134,7 @@ def encode_rows(rows: Any, preprocessing: dict[str, Any]) -> Tensor:
             blocks.append(values[:, None] == np.asarray(preprocessing["categories"][name], dtype=object)[None, :])
         else:
             mean, std = preprocessing["numeric"][name]
-            values = numeric_column(rows[name], name, source).fillna(preprocessing["fill"][name]).to_numpy()
+            values = numeric_column(rows[name], name, source, trained=True).fillna(preprocessing["fill"][name]).to_numpy()
             blocks.append(((values - mean) / std)[:, None])
     return torch.from_numpy(np.concatenate(blocks, axis=1).astype(np.float32))
 
