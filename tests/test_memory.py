@@ -44,6 +44,18 @@ def test_a_row_leaves_out_its_own_vote_where_matmuls_round_like_tf32(monkeypatch
     assert m(torch.tensor([[1.0, 2.0]]), torch.zeros(1, 2)).abs().max() < 1e-6
 
 
+def test_a_memory_of_many_rows_is_ranked_in_slices_with_the_same_answer(monkeypatch):
+    torch.manual_seed(0)
+    m = memory(torch.randn(1000, 4).tolist(), torch.randint(0, 3, (1000,)).tolist(), classes=3).eval()
+    x, out = torch.randn(16, 4), torch.randn(16, 3)
+    whole = m(x, out)
+    scored, addmm = [], torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: scored.append(addmm(*a, **k)) or scored[-1])
+    monkeypatch.setattr("nettrain.models.memory.SLICE_ROWS", 70)  # 15 slices, the last of 20 rows
+    assert torch.allclose(m(x, out), whole, atol=1e-6)
+    assert max(s.shape[1] for s in scored) == 70 and len(scored) == 15  # never a [batch, 1000] matrix
+
+
 def test_for_a_number_the_output_averages_the_network_and_the_near_rows():
     m = memory([[0.0], [9.0]], [10.0, -4.0], regression=True).eval()
     out = m(torch.tensor([[0.0], [100.0]]), torch.tensor([[1.0], [2.0]]))
@@ -114,8 +126,8 @@ def test_memory_without_a_table_or_over_its_size_is_one_line_and_leaves_no_run(t
     path = repeated_rows(tmp_path / "rows.csv")
     assert run_in_process("train", "data=csv", f"data.path={path}", "data.target=target", "model.memory=true") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].endswith("192 training rows x 3 inputs is over the 100 values a memory holds; allowed for this "
-                            "data: model.memory=false")
+    assert err[-1].endswith("192 training rows x (3 inputs + 3 target values) is over the 100 values a memory holds; "
+                            "allowed for this data: model.memory=false")
     assert not list((tmp_path / "outputs").glob("*/*"))  # no run dir left
 
 

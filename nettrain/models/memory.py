@@ -22,12 +22,16 @@ from torch import nn
 
 from nettrain.errors import UserError
 
-# Rows x inputs one memory may hold: 20M float32 values is 80 MB in every checkpoint, and a batch
-# compares itself with every row.
+# Values one memory may hold, rows x (inputs + a target per class, or 1 for a number): 20M float32
+# values is 80 MB in every checkpoint, and a batch compares itself with every row.
 MAX_VALUES = 20_000_000
 # The rows that weigh in: the nearest this many (a row's weight halves every 0.035 of squared distance
 # at the starting width, so the 33rd nearest rarely counts), which keeps a batch's cost to a few per row.
 NEIGHBOURS = 32
+# Rows a batch is scored against at once ([batch, 65,536] float32: 32 MB for a batch of 128): a memory of
+# millions of rows is ranked in slices, each keeping its nearest, so no [batch, rows] matrix is ever whole.
+# A count of rows, not of scores: the slices do not depend on the batch size (an export's batch is dynamic).
+SLICE_ROWS = 65_536
 # Rows this close (squared distance, in standardized units) are the same row.
 SAME_ROW = 1e-4
 # The buffers that are data, not learned: every DDP rank fills them alike, so none is broadcast.
@@ -50,9 +54,11 @@ class Memory(nn.Module):
     def remember(self, rows: torch.Tensor, targets: torch.Tensor) -> None:
         """Hold `rows` (inputs, one per row) and their `targets` (class indices, or numbers)."""
         rows = rows.flatten(1).float()
-        if rows.numel() > MAX_VALUES:
-            raise UserError(f"model.memory=true: {rows.shape[0]:,} training rows x {rows.shape[1]} inputs is over the "
-                            f"{MAX_VALUES:,} values a memory holds; allowed for this data: model.memory=false")
+        width = self.targets.shape[1]
+        if len(rows) * (rows.shape[1] + width) > MAX_VALUES:
+            raise UserError(f"model.memory=true: {len(rows):,} training rows x ({rows.shape[1]} inputs + {width} "
+                            f"target value{'s' if width > 1 else ''}) is over the {MAX_VALUES:,} values a memory holds; "
+                            f"allowed for this data: model.memory=false")
         self.rows = rows.to(self.rows.device)
         targets = targets.float().view(-1, 1) if self.regression else F.one_hot(targets.long(), self.targets.shape[1])
         self.targets = targets.float().to(self.targets.device)
@@ -62,9 +68,7 @@ class Memory(nn.Module):
         with torch.autocast(x.device.type, enabled=False):  # bf16 distances would blur copies into neighbours
             x = x.flatten(1).float()
             with torch.no_grad():
-                # The nearest rows: |r|^2 - 2 x.r ranks them as the squared distance does, in one matmul.
-                rank = torch.addmm(self.rows.square().sum(1), x, self.rows.T, alpha=-2)
-                nearest = rank.topk(min(NEIGHBOURS, len(self.rows)), dim=1, largest=False).indices
+                nearest = self._nearest(x)
                 # Their distances from the differences: exact (a copy is at 0) even where matmuls run in
                 # TF32 on a GPU, whose rounding would put a copy at ~0.01 and let a row vote for itself.
                 d2 = (x.unsqueeze(1) - self.rows[nearest]).square().sum(-1)
@@ -78,6 +82,26 @@ class Memory(nn.Module):
             if self.regression:
                 return (out.float() + votes) / (1 + near.sum(1, keepdim=True))
             return out.float() + votes
+
+    def _nearest(self, x: torch.Tensor) -> torch.Tensor:
+        """The indices of the rows nearest each input, [batch, NEIGHBOURS]: the nearest of each slice of
+        rows, then the nearest of those."""
+        if not len(self.rows):  # nothing remembered yet
+            return torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device)
+        k = min(NEIGHBOURS, len(self.rows))
+        score, index = self._nearest_in_slice(x, 0, k)
+        for start in range(SLICE_ROWS, len(self.rows), SLICE_ROWS):
+            more, more_index = self._nearest_in_slice(x, start, k)
+            score, pick = torch.cat([score, more], 1).topk(k, dim=1, largest=False)
+            index = torch.cat([index, more_index], 1).gather(1, pick)
+        return index
+
+    def _nearest_in_slice(self, x: torch.Tensor, start: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # |r|^2 - 2 x.r ranks the rows as the squared distance does, in one matmul.
+        rows = self.rows[start:start + SLICE_ROWS]
+        score, index = torch.addmm(rows.square().sum(1), x, rows.T, alpha=-2).topk(
+            min(k, len(rows)), dim=1, largest=False)
+        return score, index + start
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # A checkpoint's memory has its own number of rows: take its shape, then its values.
