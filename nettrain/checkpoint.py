@@ -120,6 +120,16 @@ def load_checkpoint(path: str | Path, prefer: str = "best.pt", mmap: bool = Fals
     return ckpt
 
 
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], file: str, what: str) -> None:
+    """`module.load_state_dict(weights)`; weights that do not fit (a damaged or altered checkpoint) are one
+    line naming the first misfit, not a traceback."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as e:  # "Error(s) in loading state_dict for Net:", then one line per misfit
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e).strip())
+        raise UserError(f"cannot load the weights of {file} into {what}: {detail[:300]}") from None
+
+
 def rng_state() -> dict[str, Any]:
     """Every random generator a run draws from, in checkpoint-safe types."""
     py = random.getstate()

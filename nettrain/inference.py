@@ -139,7 +139,7 @@ def load_model(ckpt: str | Path, device: str = "cpu", confirmed: dict[str, Any] 
     only when `confirmed` (the command's own `model.` arguments) names the same one."""
     import torch
 
-    from nettrain.checkpoint import load_checkpoint
+    from nettrain.checkpoint import load_checkpoint, load_weights
     from nettrain.data.spec import DataSpec
     from nettrain.models import build_model, describe
     from nettrain.models.tta import with_tta
@@ -159,11 +159,7 @@ def load_model(ckpt: str | Path, device: str = "cpu", confirmed: dict[str, Any] 
         model = build_model(config.model, spec)
     except UserError as e:
         raise UserError(f"cannot rebuild the model of {state['path']}: {e}") from None
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise UserError(f"cannot load the weights of {state['path']} into {describe(config.model)}: "
-                        f"{str(e).splitlines()[0]}") from None
+    load_weights(model, state["model"], state["path"], describe(config.model))
     # The memory format validation ran in: convolution kernels differ by format, and eval must
     # reproduce the recorded val metrics exactly.
     channels_last = bool(OmegaConf.select(config, "trainer.channels_last", default=False)) and getattr(model, "convolutional", False)

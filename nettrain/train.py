@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nettrain import distributed, runtime
-from nettrain.checkpoint import atomic_write_bytes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nettrain.checkpoint import atomic_write_bytes, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
 from nettrain.config import monitor_mode
 from nettrain.data import DataContext, build_data
 from nettrain.data.spec import DataSpec
@@ -411,9 +411,9 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
 def _restore(ckpt: dict[str, Any], model: torch.nn.Module, ema: torch.nn.Module | None,
              optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler) -> None:
     """Load a checkpoint's training state (not the RNGs: those go last, after everything that draws)."""
-    model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
+    load_weights(model, ckpt.get("train_model") or ckpt["model"], ckpt["path"], "the run's model")
     if ema is not None:
-        ema.module.load_state_dict(ckpt["model"])
+        load_weights(ema.module, ckpt["model"], ckpt["path"], "the run's weight average")
         ema.n_averaged.fill_(ckpt.get("ema_updates", 0))
     saved, built = len(ckpt["optimizer"]["param_groups"]), len(optimizer.param_groups)
     if saved != built:  # load_state_dict would stop with a ValueError

@@ -146,3 +146,24 @@ def test_the_onnx_export_recalls_the_rows_as_pytorch_does(tmp_path):
         ours = loaded.model(rows)
     assert (ours - loaded.model.head(loaded.model.backbone(rows))).abs().max() > 1  # the memory answered
     assert (torch.from_numpy(onnx_out) - ours).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("key, cut", [("memory.rows", (slice(None), slice(0, 2))), ("memory.targets", slice(0, 10)),
+                                      ("head.1.weight", slice(0, 1))])
+def test_a_checkpoint_with_weights_cut_to_another_shape_is_one_line_to_predict_and_resume(tmp_path, capsys, key, cut):
+    path = repeated_rows(tmp_path / "rows.csv")
+    run_dir = train(tmp_path, "data=csv", f"data.path={path}", "data.target=target", "trainer.max_epochs=1",
+                    "model.memory=true")
+    for name in ("best.pt", "last.pt"):
+        file = run_dir / "checkpoints" / name
+        ckpt = torch.load(file, weights_only=True)
+        ckpt["model"][key] = ckpt["model"][key][cut].clone()
+        torch.save(ckpt, file)
+    capsys.readouterr()
+    assert run_in_process("predict", f"ckpt={run_dir}", f"input={path}") == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert f"best.pt into mlp: size mismatch for {key}: copying a param with shape" in error
+    assert run_in_process("train", f"resume={run_dir}", "trainer.max_epochs=2") == 2
+    err = capsys.readouterr().err  # after the data's own warnings
+    assert f"last.pt into the run's model: size mismatch for {key}" in err.strip().splitlines()[-1]
+    assert "Traceback" not in err and metrics(run_dir)["epochs"] == 1

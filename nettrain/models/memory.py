@@ -104,11 +104,15 @@ class Memory(nn.Module):
         return score, index + start
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # A checkpoint's memory has its own number of rows: take its shape, then its values.
+        # A checkpoint's memory has its own number of rows: take it, then the values. Rows of another width,
+        # or targets of another count, are left for the load to refuse as a size mismatch.
+        rows = state_dict.get(prefix + "rows")
+        count = rows.shape[0] if isinstance(rows, torch.Tensor) and rows.dim() == 2 else None
         for name in DATA_BUFFERS:
-            saved = state_dict.get(prefix + name)
-            if isinstance(saved, torch.Tensor) and saved.dim() == 2:
-                setattr(self, name, torch.empty(saved.shape, device=getattr(self, name).device))
+            saved, own = state_dict.get(prefix + name), getattr(self, name)
+            if isinstance(saved, torch.Tensor) and saved.dim() == 2 and saved.shape[1] == own.shape[1] \
+                    and saved.shape[0] == count:
+                setattr(self, name, torch.empty(saved.shape, device=own.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
