@@ -27,7 +27,7 @@ from nettrain.config import absolute
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError, invalid
 from nettrain.models import Net, describe
-from nettrain.models.memory import DATA_BUFFERS
+from nettrain.models.memory import memory_of
 
 log = logging.getLogger("nettrain")
 
@@ -72,14 +72,30 @@ def init_from(model: nn.Module, cfg: DictConfig, spec: DataSpec) -> None:
                                                f"and model {describe(cfg)} has no head to re-initialize (no backbone/head split)")
     if not same_head:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    # A memory's rows are the source's data, not something it learned: this run remembers its own.
-    own = model.state_dict()
-    state |= {k: own[k] for k in (f"memory.{name}" for name in DATA_BUFFERS) if k in own}
+    state, memory_note = _with_own_memory(model, state)
     _load(model, state, strict_prefixes=("",) if same_head else ("backbone.",),
           what=f"model.init_from={path} ({describe(source)} from {ckpt['path']})")
     epoch = ckpt.get("progress", {}).get("epoch")
-    log.info("initialized from %s (epoch %s)%s", ckpt["path"], epoch,
-             "" if same_head else f"; head re-initialized: {_classes(source_spec)} -> {_classes(spec.to_dict())}")
+    log.info("initialized from %s (epoch %s)%s%s", ckpt["path"], epoch,
+             "" if same_head else f"; head re-initialized: {_classes(source_spec)} -> {_classes(spec.to_dict())}",
+             memory_note)
+
+
+def _with_own_memory(model: nn.Module, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
+    """`state` with this model's memory (model.memory) in place of the source's. A memory's rows are the
+    source's data, not something it learned: this run remembers its own; its learned scale and width
+    carry over when both have a memory, and the network transfers whether either has one."""
+    had = "memory.rows" in state
+    has = memory_of(model) is not None
+    if not (had or has):
+        return state, ""
+    own = model.state_dict()
+    network = {k: v for k, v in state.items() if not k.startswith("memory.")}
+    if not has:
+        return network, "; its memory of rows is left (model.memory=false)"
+    kept = {k: state[k] for k in ("memory.log_scale", "memory.log_width") if k in state}
+    memory = {k: v for k, v in own.items() if k.startswith("memory.")} | kept
+    return network | memory, "" if had else "; the memory (model.memory=true) starts afresh"
 
 
 def _classes(spec: dict[str, Any]) -> str:

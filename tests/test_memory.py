@@ -117,6 +117,19 @@ def test_fine_tuning_remembers_the_new_rows_not_the_old(tmp_path):
     assert rows.shape == (64, 3)  # 80 % of b.csv's 80 rows
 
 
+@pytest.mark.parametrize("source_memory, memory, said", [
+    ("true", "false", "its memory of rows is left (model.memory=false)"),
+    ("false", "true", "the memory (model.memory=true) starts afresh"),
+])
+def test_fine_tuning_moves_the_network_to_or_from_a_model_with_a_memory(tmp_path, source_memory, memory, said):
+    args = ["data=csv", f"data.path={repeated_rows(tmp_path / 'a.csv')}", "data.target=target", "trainer.max_epochs=1"]
+    source = train(tmp_path, *args, f"model.memory={source_memory}", name="source")
+    tuned = train(tmp_path, *args, f"model.memory={memory}", f"model.init_from={source}", name="tuned")
+    assert said in (tuned / "train.log").read_text()
+    keys = torch.load(tuned / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert ("memory.rows" in keys) == (memory == "true")
+
+
 def test_memory_without_a_table_or_over_its_size_is_one_line_and_leaves_no_run(tmp_path, capsys, monkeypatch):
     assert run_in_process("train", "model.memory=true", "trainer.max_epochs=1") == 2  # digits: images
     assert "invalid model.memory=True: it remembers the rows of a table (data=csv)" in capsys.readouterr().err
