@@ -60,7 +60,7 @@ class Memory(nn.Module):
                             f"target value{'s' if width > 1 else ''}) is over the {MAX_VALUES:,} values a memory holds; "
                             f"allowed for this data: model.memory=false")
         self.rows = rows.to(self.rows.device)
-        targets = targets.float().view(-1, 1) if self.regression else F.one_hot(targets.long(), self.targets.shape[1])
+        targets = targets.float().view(-1, 1) if self.regression else F.one_hot(targets.long(), width)
         self.targets = targets.float().to(self.targets.device)
 
     def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
