@@ -85,16 +85,14 @@ def _with_own_memory(model: nn.Module, state: dict[str, Tensor]) -> tuple[dict[s
     """`state` with this model's memory (model.memory) in place of the source's. A memory's rows are the
     source's data, not something it learned: this run remembers its own; its learned scale and width
     carry over when both have a memory, and the network transfers whether either has one."""
-    had = "memory.rows" in state
-    has = memory_of(model) is not None
-    if not (had or has):
+    had, mine = "memory.rows" in state, memory_of(model)
+    if not had and mine is None:
         return state, ""
-    own = model.state_dict()
     network = {k: v for k, v in state.items() if not k.startswith("memory.")}
-    if not has:
+    if mine is None:
         return network, "; its memory of rows is left (model.memory=false)"
     kept = {k: state[k] for k in ("memory.log_scale", "memory.log_width") if k in state}
-    memory = {k: v for k, v in own.items() if k.startswith("memory.")} | kept
+    memory = {f"memory.{k}": v for k, v in mine.state_dict().items()} | kept
     return network | memory, "" if had else "; the memory (model.memory=true) starts afresh"
 
 

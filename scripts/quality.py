@@ -89,7 +89,7 @@ def forest_baseline(run_dir: str) -> dict[str, Any]:
     path = cfg.data.path
     table = read_table(path, list(cfg.data.get("categorical") or []))
     table = table[table[cfg.data.target].notna()]
-    task, _, y, train_idx, val_idx = split_rows(table, cfg.data, cfg.trainer.seed, path)
+    task, class_names, y, train_idx, val_idx = split_rows(table, cfg.data, cfg.trainer.seed, path)
     features, _ = choose_columns(table, cfg.data, path)
     x = pd.get_dummies(table[features], dummy_na=True).fillna(0).to_numpy(np.float64)
     split = f"trainer.seed={cfg.trainer.seed}, data.val_fraction={cfg.data.val_fraction}"
@@ -103,7 +103,7 @@ def forest_baseline(run_dir: str) -> dict[str, Any]:
     predicted = model.predict(x[val_idx])
     result = {"model": "RandomForestClassifier(300)", "accuracy": round(float((predicted == y[val_idx]).mean()), 4),
               "split": split, "seconds": round(time.perf_counter() - started, 1)}
-    if y.max() == 1:  # binary: the rare class as training sees it
+    if len(class_names) == 2:  # the rare class as training sees it
         rare = int(np.argmin(np.bincount(y[train_idx], minlength=2)))
         result["f1"] = round(float(f1_score(y[val_idx], predicted, pos_label=rare)), 4)
     return result
