@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import traceback
 from collections.abc import Callable
@@ -117,8 +116,11 @@ def _with_resume_dir(argv: list[str]) -> list[str]:
         argv = [f"resume={resume}" if a.startswith("resume=") else a for a in argv]
     if not resume or "-m" in argv or "--multirun" in argv or any(a.startswith("hydra.run.dir=") for a in argv):
         return argv
-    path = Path(absolute(resume))
-    run_dir = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    from nettrain.checkpoint import find_checkpoint
+
+    # Before Hydra touches the dir: a path without a checkpoint is refused with nothing written to it.
+    path = find_checkpoint(absolute(resume), prefer="last.pt")
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     return [*argv, f"hydra.run.dir={run_dir}"]
 
 
@@ -207,7 +209,7 @@ def train_task(cfg: DictConfig) -> float:
         if not isinstance(e, rundir.RunDirBusy):
             # A run that never wrote anything leaves no dir behind; one that did (or a sweep's job)
             # keeps it with the error. A refused resume leaves the run it names untouched.
-            if multirun or (not _discard_new_run_dir(run_dir, previous) and started):
+            if multirun or (not rundir.discard_new(run_dir) and started):
                 _record_failure(run_dir, message)
         _outcome["exit"] = max(_outcome["exit"], code)
         if not multirun:
@@ -345,22 +347,3 @@ def _record_failure(run_dir: Path, error: str, status: str = "failed", **fields:
         atomic_write_text(run_dir / "metrics.json", json.dumps(record, indent=2, default=str) + "\n")
     except UserError:
         pass  # the disk refuses writes: the last complete metrics.json stays
-
-
-def _discard_new_run_dir(run_dir: Path, previous: dict[str, Any] | None) -> bool:
-    """Remove the dir Hydra just made for a run that wrote nothing (it holds only Hydra's own
-    files). Returns whether it was removed."""
-    if previous is not None or not run_dir.is_dir():
-        return False
-    if not all(p.name in (".hydra", "train.log") for p in run_dir.iterdir()):
-        return False
-    # Detach the run's log file too: a closed FileHandler reopens (and fails) on the next log line.
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
-        root.removeHandler(handler)
-        handler.close()
-    shutil.rmtree(run_dir, ignore_errors=True)
-    parent = run_dir.parent
-    if parent.name != "outputs" and parent.is_dir() and not any(parent.iterdir()):
-        parent.rmdir()
-    return True

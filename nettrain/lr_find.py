@@ -151,7 +151,8 @@ def check_range(lf: DictConfig) -> None:
 
 def lr_find_task(cfg: DictConfig) -> None:
     """The Hydra task of `nettrain lr-find` (configs/lr_find.yaml: configs/train.yaml plus `lr_find`)."""
-    from nettrain.app import _discard_new_run_dir, _hydra_context
+    from nettrain import rundir
+    from nettrain.app import _hydra_context
 
     run_dir, _, overrides = _hydra_context()
     try:
@@ -163,7 +164,7 @@ def lr_find_task(cfg: DictConfig) -> None:
                             f"try a lower lr_find.min_lr={cfg.lr_find.min_lr:g}")
     except UserError as e:
         log.error("nettrain: %s", e)
-        _discard_new_run_dir(run_dir, None)  # nothing was written: leave no empty run dir behind
+        rundir.discard_new(run_dir)  # nothing was written: leave no empty run dir behind
         raise SystemExit(e.exit_code) from None
     if curve.best_index < len(curve.lrs) // 20:  # no lr lowered the loss: the range missed the useful lrs
         if curve.exploded:

@@ -4,14 +4,22 @@ While a process trains in a dir it holds a kernel lock on it (`flock`, released 
 the process dies, however it dies), so a second `train` or `resume` on the same dir is refused in
 one line naming the first process. Hydra's record of a run (`.hydra/`) is written by the run
 itself, once its command was accepted: a refused command leaves an existing run dir as it was.
+
+A refused command also leaves no new dir behind, and removes no dir it did not make: `RunDirGuard`
+notes, before Hydra makes a run's dir, which of its dirs do not exist yet, and `discard_new` removes
+only those.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from nettrain.errors import UserError
@@ -24,6 +32,44 @@ class RunDirBusy(UserError):
 
 
 _held: dict[str, int] = {}  # run dir -> the descriptor holding its lock
+_made: dict[Path, list[Path]] = {}  # run dir -> the dirs Hydra makes for it (it and its missing parents, deepest first)
+# What Hydra puts in a run dir before the run writes anything: nothing else marks it as a run's.
+HYDRA_FILES = (".hydra", "train.log")
+
+
+class RunDirGuard(Callback):
+    """Registered in configs/train.yaml under hydra.callbacks: before Hydra makes a single run's dir,
+    note which of the dirs on its path do not exist yet (only those are this process's to remove)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir"))))
+        missing, d = [], run_dir
+        while not d.exists() and d != d.parent:
+            missing.append(d)
+            d = d.parent
+        _made[run_dir] = missing
+
+
+def discard_new(run_dir: Path) -> bool:
+    """Remove `run_dir` when this process made it (`RunDirGuard`) and it holds only Hydra's own files,
+    with the parents made for it that are left empty. Returns whether it was removed."""
+    made = _made.pop(run_dir, [])
+    if not made or made[0] != run_dir or not run_dir.is_dir():
+        return False
+    if not all(p.name in HYDRA_FILES for p in run_dir.iterdir()):
+        return False
+    # Detach the run's log file too: a closed FileHandler reopens (and fails) on the next log line.
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in made[1:]:
+        try:
+            parent.rmdir()  # only while empty: another run may have landed beside this one meanwhile
+        except OSError:
+            break
+    return True
 
 
 def lock(run_dir: Path) -> None:

@@ -135,3 +135,33 @@ def test_an_existing_run_dir_is_never_overwritten(tmp_path):
     before = (run_dir / "metrics.json").read_text()
     assert run_in_process("train", f"hydra.run.dir={run_dir}", "trainer.max_epochs=1") == 2
     assert (run_dir / "metrics.json").read_text() == before
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"dir" for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("contents", [{}, {"notes.txt": b"mine"}, {".hydra/config.yaml": b"x: 1\n", "train.log": b"started\n"}],
+                         ids=["empty folder", "user files", "run killed before its first checkpoint"])
+def test_a_refused_resume_changes_nothing_on_disk(tmp_path, contents, capfd):
+    folder = tmp_path / "parent" / "folder"
+    folder.mkdir(parents=True)
+    for name, data in contents.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    before = _tree(tmp_path)
+
+    assert run_in_process("train", f"resume={folder}") == 2
+
+    assert _tree(tmp_path) == before  # the folder, its files and its parent are all still there
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [f"nettrain: no checkpoint in {folder}: expected {folder / 'checkpoints' / 'last.pt'}"]
+
+
+def test_a_refused_new_run_removes_only_the_dirs_it_made(tmp_path):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert run_in_process("train", f"hydra.run.dir={existing}", "trainer.max_epochs=0") == 2
+    assert existing.is_dir()  # an empty dir the user made stays
+    assert run_in_process("train", f"hydra.run.dir={tmp_path / 'new' / 'a' / 'b'}", "trainer.max_epochs=0") == 2
+    assert not (tmp_path / "new").exists()  # the run dir and the parents made for it are gone
