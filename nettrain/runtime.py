@@ -96,25 +96,20 @@ SMALL_STEP = 2e7
 
 
 def choose_threads(model: torch.nn.Module, batch_size: int, world_size: int = 1) -> tuple[int, str]:
-    """CPU threads for training `model` (trainer.threads=null), and why: one for small models; else
-    the cores this process may use, less those other processes keep busy (the 1-minute load
-    average). Oversubscribed, intra-op threads wait on each other: on a 2-core machine at load 8,
-    two threads ran 2.5-10x slower than one (MLP, CNN at 28 px; scripts/bench.py --threads)."""
+    """CPU threads for training `model` (trainer.threads=null), and why: one for small models, else
+    the cores this process may use (shared among data-parallel workers). Never the load of the moment:
+    the thread count changes how a CPU adds numbers up, so a run (and its resume) must compute alike
+    whatever else the machine runs; the count is recorded in the run's config for a resume to reuse."""
     cores = max(available_cores() // world_size, 1)
     work = sum(p.numel() for p in model.parameters()) * batch_size
     if not getattr(model, "convolutional", False) and work < SMALL_STEP:
         return 1, f"a small model ({work / 1e6:.1f}M multiply-adds a step)"
-    busy = busy_cores()
-    free = max(round(available_cores() - busy), 1)
-    if free < cores:
-        return free, f"{cores} core(s), {busy:.1f} busy with other work"
     return cores, f"{cores} core(s)"
 
 
 def busy_cores(window: float = 0.1) -> float:
     """Cores busy now, sampled from /proc/stat over `window` seconds (this process is idle while it
-    waits). The 1-minute load average lags: a run started right after another saw that one as still
-    running and took one thread of two (the cats_dogs recipe's epochs: 21.5 s, against 15.8 s on two). Elsewhere, the load average."""
+    waits); elsewhere, the 1-minute load average. Only for the hint that a busy machine slows a run."""
     def sample() -> tuple[int, int]:
         with open("/proc/stat") as f:
             ticks = [int(v) for v in f.readline().split()[1:9]]

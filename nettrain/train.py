@@ -199,7 +199,13 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     if rt.device.type == "cpu" and not t.threads:
         threads, why = runtime.choose_threads(model, cfg.data.batch_size, rt.world_size)
         torch.set_num_threads(threads)
+        t.threads = threads  # into the checkpoint's config: a resume computes on as many threads
         log.debug("CPU threads: %d (%s; set trainer.threads to choose)", threads, why)  # the start-up summary shows the count
+        busy = runtime.busy_cores() if threads > 1 and rt.is_main else 0.0
+        if busy >= 1:
+            log.warning("%.1f of this machine's cores are busy with other work: training on %d threads anyway, so the "
+                        "results do not depend on that load (trainer.threads=1 may be faster now, and computes "
+                        "differently)", busy, threads)
     channels_last = rt.channels_last and model.convolutional
     model.to(rt.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     criterion = build_loss(cfg.loss, spec, data.class_weights).to(rt.device)

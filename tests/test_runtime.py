@@ -74,16 +74,29 @@ def test_inference_loads_onto_an_indexed_gpu(fake_cuda, monkeypatch, digits_run)
     assert loaded.device == torch.device("cuda", 0) and moved == [torch.device("cuda", 0)]
 
 
-def test_threads_follow_the_cores_busy_now_not_the_last_minute(monkeypatch):
-    """The 1-minute load average still counts a run that just ended; /proc/stat says what is busy now."""
+def test_threads_do_not_depend_on_what_else_the_machine_runs(monkeypatch):
+    """The thread count changes how the CPU adds numbers up: the same config must compute alike on a busy machine."""
     conv = torch.nn.Conv2d(3, 8, 3)
     conv.convolutional = True
     monkeypatch.setattr(runtime, "available_cores", lambda: 2)
-    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (2.0, 2.0, 2.0))
-    monkeypatch.setattr(runtime, "busy_cores", lambda window=0.1: 0.1)
-    assert runtime.choose_threads(conv, 32)[0] == 2
-    monkeypatch.setattr(runtime, "busy_cores", lambda window=0.1: 1.2)
-    assert runtime.choose_threads(conv, 32) == (1, "2 core(s), 1.2 busy with other work")
+    for busy in (0.1, 1.2, 1.9):
+        monkeypatch.setattr(runtime, "busy_cores", lambda window=0.1, busy=busy: busy)
+        monkeypatch.setattr(runtime.os, "getloadavg", lambda busy=busy: (busy, busy, busy))
+        assert runtime.choose_threads(conv, 32) == (2, "2 core(s)")
+    assert runtime.choose_threads(torch.nn.Linear(64, 10), 64)[0] == 1  # a small model: one thread
     monkeypatch.undo()
     assert 0.0 <= runtime.busy_cores(0.05) <= (os.cpu_count() or 1)
+
+
+def test_a_resumed_run_computes_on_the_threads_its_checkpoint_recorded(tmp_path, monkeypatch):
+    from conftest import metrics, run_in_process
+
+    monkeypatch.setattr(runtime, "available_cores", lambda: 2)
+    run_dir = tmp_path / "run"
+    assert run_in_process("train", f"hydra.run.dir={run_dir}", "model=cnn", "model.channels=[4]",
+                          "trainer.max_epochs=1") == 0
+    saved = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["config"]["trainer"]["threads"] == 2 and metrics(run_dir)["run"]["threads"] == 2
+    monkeypatch.setattr(runtime, "available_cores", lambda: 1)  # resumed where fewer cores are offered
+    assert run_in_process("train", f"resume={run_dir}", "trainer.max_epochs=2") == 0
+    assert metrics(run_dir)["run"]["threads"] == 2
