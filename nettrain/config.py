@@ -189,6 +189,24 @@ RULES: list[Rule] = [
     ("lr_find.diverge_factor", lambda v: _number(v) and v > 1, "must be a number > 1"),
 ]
 
+# The keys nettrain itself reads in a group whose config is the user's own code (a `_target_`): only
+# these get nettrain's checks; every other key is the user's callable's argument, passed as it is.
+OWN_KEYS = {
+    "model": ("name", "dropout", "init_from", "pretrained", "freeze"),
+    "data": ("name", "batch_size", "num_workers", "val_fraction", "class_names", "task", "preprocessing",
+             "device_resident"),
+    "loss": ("name",),
+}
+
+
+def _checked(cfg: DictConfig, key: str) -> bool:
+    """Whether nettrain's rule for `key` applies: always, unless its group is the user's own `_target_`
+    and the key is not one nettrain reads there."""
+    group, _, name = key.partition(".")
+    node = cfg.get(group) if group in OWN_KEYS else None
+    return not (OmegaConf.is_dict(node) and "_target_" in node) or name in OWN_KEYS[group]
+
+
 # Keys holding paths that must exist before a run starts, and what they are for.
 PATH_KEYS = {
     "data.path": "a data file",
@@ -304,15 +322,15 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"missing {key}: {needs}; give it on the command line as {key}=...")
     for key, check, allowed in RULES:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
-        if value is not _ABSENT and not check(value):
+        if value is not _ABSENT and _checked(cfg, key) and not check(value):
             raise invalid(key, value, allowed)
     data = cfg.get("data")
-    if data is not None and data.get("root") is not None:
+    if data is not None and data.get("root") is not None and _checked(cfg, "data.root"):
         if not data.get("download", False) and not Path(absolute(data.root)).exists():
             raise invalid("data.root", data.root, "no such directory (give an existing folder)")
     for key, what in PATH_KEYS.items():
         value = OmegaConf.select(cfg, key, default=None)
-        if isinstance(value, str) and not Path(absolute(value)).exists():
+        if isinstance(value, str) and _checked(cfg, key) and not Path(absolute(value)).exists():
             raise invalid(key, value, f"no such file or directory (expected {what})")
     pretrained = OmegaConf.select(cfg, "model.pretrained", default=None)
     if OmegaConf.select(cfg, "model.name", default=None) == "timm":

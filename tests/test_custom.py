@@ -288,3 +288,22 @@ def test_a_users_own_module_named_memory_is_not_taken_for_nettrains(tmp_path, mo
     (run_dir,) = (tmp_path / "outputs").glob("*/*")
     assert metrics(run_dir)["status"] == "completed"
     assert "training rows" not in (run_dir / "train.log").read_text()
+
+
+def test_a_users_model_arguments_are_passed_as_they_are_even_when_named_like_nettrains_keys(tmp_path, monkeypatch,
+                                                                                           user_code):
+    # `hidden` is a list for model=mlp and `channels` one for model=cnn; for a user's model they are its own.
+    (tmp_path / "wide.py").write_text(
+        "from torch import nn\n\n"
+        "def net(num_features: int, num_classes: int, hidden: int, channels: str, memory: str):\n"
+        "    assert channels == 'rgb' and memory == 'none'\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(num_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))\n")
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "wide.yaml").write_text(
+        "_target_: wide.net\nhidden: 48\nchannels: rgb\nmemory: none\n")
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a,b,y\n" + "".join(f"{i % 7},{i % 3},{i % 2}\n" for i in range(40)))
+    monkeypatch.chdir(tmp_path)
+    assert run_in_process("train", "--config-dir", "conf", "model=wide", "data=csv", f"data.path={rows}",
+                          "data.target=y", "trainer.max_epochs=1", "hydra.run.dir=run") == 0
+    assert metrics(tmp_path / "run")["status"] == "completed"

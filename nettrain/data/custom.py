@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset, Subset
 
+from nettrain.config import OWN_KEYS
 from nettrain.data import Data, DataContext
 from nettrain.data.loaders import StreamLoader
 from nettrain.data.spec import DataSpec
@@ -31,8 +32,7 @@ from nettrain.errors import UserError, invalid
 from nettrain.targets import instantiate
 
 # nettrain's own data keys: never passed to the user's callable.
-NETTRAIN_KEYS = ("name", "batch_size", "num_workers", "val_fraction", "class_names", "task", "preprocessing",
-                 "device_resident")
+NETTRAIN_KEYS = OWN_KEYS["data"]
 
 
 def build(cfg: DictConfig, ctx: DataContext) -> Data:
