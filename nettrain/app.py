@@ -18,10 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from nettrain.config import absolute, absolute_paths, check_added_keys, check_targets, monitor_mode, register_resolvers, validate
-from nettrain.errors import UserError, os_error_line
+from nettrain.errors import UserError, invalid, os_error_line
 from nettrain.overrides import quote_paths
 from nettrain.suggest import explain
 
@@ -65,6 +66,9 @@ def run_hydra_app(task: Callable[[DictConfig], Any], argv: list[str], config_nam
     except (HydraException, OmegaConfBaseException) as e:
         print(f"nettrain: {explain(e) or _first_line(e)}", file=sys.stderr)
         return 2
+    except yaml.YAMLError as e:  # a config file (--config-dir, +experiment=) that is not valid YAML
+        print(f"nettrain: {yaml_error_line(e)}", file=sys.stderr)
+        return 2
     except ValueError as e:
         if not str(e).startswith("Only one of --run"):  # Hydra's check of its mode flags (-m with --cfg, ...)
             raise
@@ -74,6 +78,17 @@ def run_hydra_app(task: Callable[[DictConfig], Any], argv: list[str], config_nam
         print(f"nettrain: {os_error_line(e)}", file=sys.stderr)
         return 1
     return _outcome["exit"]
+
+
+def yaml_error_line(e: yaml.YAMLError) -> str:
+    """'FILE, line L, column C: what' for a YAML file that does not parse (PyYAML says it in 4 to 6 lines)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or _first_line(e)
+    if mark is None:
+        return f"invalid YAML: {problem}"
+    context, begun = getattr(e, "context", None), getattr(e, "context_mark", None)
+    started = f" ({context}{f' begun on line {begun.line + 1}' if begun is not None else ''})" if context else ""
+    return f"invalid YAML in {mark.name}, line {mark.line + 1}, column {mark.column + 1}: {problem}{started}"
 
 
 def _first_line(e: BaseException) -> str:
@@ -116,6 +131,8 @@ def _with_resume_dir(argv: list[str]) -> list[str]:
         argv = [f"resume={resume}" if a.startswith("resume=") else a for a in argv]
     if not resume or "-m" in argv or "--multirun" in argv or any(a.startswith("hydra.run.dir=") for a in argv):
         return argv
+    if not Path(absolute(resume)).exists():
+        raise invalid("resume", resume, "no such file or directory (expected a run dir or checkpoint)")
     from nettrain.checkpoint import find_checkpoint
 
     # Before Hydra touches the dir: a path without a checkpoint is refused with nothing written to it.

@@ -54,3 +54,14 @@ def test_config_errors_answer_without_a_traceback_or_torch(tmp_path):
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "torch" not in imported
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.json"))
+
+
+@pytest.mark.parametrize("command", ["train", "check-data", "lr-find"])
+def test_a_config_file_that_is_not_yaml_is_one_line_naming_the_file_and_line(tmp_path, capfd, command):
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    bad = tmp_path / "conf" / "model" / "tiny.yaml"
+    bad.write_text("_target_: tinynet.TinyNet\nwidths: [16, 32\ndropout: 0.1\n")
+    assert run_in_process(command, "--config-dir", str(tmp_path / "conf"), "model=tiny") == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [f"nettrain: invalid YAML in {bad}, line 3, column 8: expected ',' or ']', but got ':' "
+                   f"(while parsing a flow sequence begun on line 2)"]
