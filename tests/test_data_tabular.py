@@ -121,3 +121,19 @@ def test_predict_input_missing_a_feature_is_an_error(tmp_path):
     data = build_data(data_cfg(machines_csv(tmp_path / "m.csv")), DataContext())
     with pytest.raises(UserError, match="no column 'rpm'"):
         encode_rows(pd.DataFrame({"temp": [1.0], "model": ["A"]}), data.spec.preprocessing)
+
+
+def test_a_column_named_twice_is_refused_naming_it(tmp_path, capsys):
+    (tmp_path / "dup.csv").write_text("a,a,c,y\n" + "1,2,3,0\n4,5,6,1\n" * 10)
+    line = bad_input(tmp_path, capsys, f"data.path={tmp_path / 'dup.csv'}", "data.target=y")
+    assert line == f"nettrain: {tmp_path / 'dup.csv'}: column 'a' is named twice in the header (columns 1 and 2); rename one of them"
+    assert run_in_process("check-data", "data=csv", f"data.path={tmp_path / 'dup.csv'}", "data.target=y") == 2
+    assert "column 'a' is named twice" in capsys.readouterr().err
+
+
+def test_one_word_in_a_column_of_numbers_is_named_by_its_cell_not_taken_for_an_id(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = [f"{'hello' if i == 5 else round(rng.normal(), 3)},{rng.normal():.3f},{i % 2}" for i in range(60)]
+    (tmp_path / "t.csv").write_text("a,b,y\n" + "\n".join(rows) + "\n")
+    line = bad_input(tmp_path, capsys, f"data.path={tmp_path / 't.csv'}", "data.target=y")
+    assert "column 'a'" in line and "'hello' on line 7" in line and "row id" not in line

@@ -34,6 +34,7 @@ IMPLY_ROWS = 10
 LOW_CARDINALITY = 50    # values mapped one by one only for columns with at most this many ...
 VALUE_ROWS = 20         # ... and at least this many rows per value on average (else an id maps "perfectly")
 SAMPLE = 2000           # rows looked at first to tell a many-valued column cheaply
+MOSTLY_NUMBERS = 0.9    # a text column whose values are numbers this often is a numeric column with bad cells
 COPY_CORRELATION = 0.999  # regression: a feature this correlated with the target is (a linear copy of) it
 
 
@@ -102,6 +103,8 @@ def id_columns(table: Any, cfg: DictConfig, features: list[str]) -> list[Finding
             named = bool(ID_NAME.search(str(name).strip()) or CAMEL_ID.search(str(name).strip()))
             if not (_integers(values) and (named or values.is_monotonic_increasing or values.is_monotonic_decreasing)):
                 continue  # checked first: cheaper than counting distinct values
+        elif pd.to_numeric(values, errors="coerce").notna().mean() >= MOSTLY_NUMBERS:
+            continue  # numbers with a few bad cells: the numeric check names the cell, dropping the column is no fix
         distinct = values.nunique()
         if distinct < ID_DISTINCT * len(values):
             continue

@@ -41,6 +41,7 @@ def read_table(path: str | Path, categorical: list[str] = ()) -> Any:
     """The CSV at `path` as a pandas DataFrame (categorical columns kept as text)."""
     import pandas as pd
 
+    _refuse_repeated_columns(path)
     try:
         table = pd.read_csv(path, dtype={c: str for c in categorical}, skipinitialspace=True)
     except pd.errors.EmptyDataError:
@@ -50,6 +51,23 @@ def read_table(path: str | Path, categorical: list[str] = ()) -> Any:
     if table.empty:
         raise UserError(f"{path} has no rows, only a header")
     return table
+
+
+def _refuse_repeated_columns(path: str | Path) -> None:
+    """A header naming a column twice: pandas would rename the second (`a.1`) and train on it unnamed."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+            header = next(csv.reader(f, skipinitialspace=True), [])
+    except OSError:
+        return  # read_csv names the problem
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header, 1):
+        if name in seen:
+            raise UserError(f"{path}: column {name!r} is named twice in the header (columns {seen[name]} and {i}); "
+                            f"rename one of them")
+        seen[name] = i
 
 
 # Inputs are float32: a value past this (inf, 1e308) would be inf there, and a loss of inf or NaN
