@@ -86,7 +86,10 @@ def numeric_column(column: Any, name: str, path: str | Path, trained: bool = Fal
         values = pd.to_numeric(column, errors="coerce")
         bad = column[values.isna() & column.notna()]
         if len(bad):
+            mostly_numbers = len(bad) <= 0.1 * column.notna().sum()
             remedy = ("the model was trained on numbers there: fix or remove the row" if trained else
+                      f"{len(bad)} of its {column.notna().sum()} values are not numbers: fix or remove "
+                      f"{'that row' if len(bad) == 1 else 'those rows'}" if mostly_numbers else
                       f"declare it categorical with data.categorical=[{name}] or leave it out with data.drop=[{name}]")
             raise UserError(f"column {name!r} of {path} is not numeric (e.g. {bad.iloc[0]!r} on line {bad.index[0] + 2}); "
                             f"{remedy}")
