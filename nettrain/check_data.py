@@ -73,14 +73,16 @@ def _report(cfg: DictConfig, out: Console) -> list[str]:
 
 def _inspect(info: ImageInfo) -> ImageInfo:
     """Hash the file's bytes, read its size and mode, and decode every pixel."""
-    from PIL import Image
+    from nettrain.data.transforms import BadImageError, open_file
 
     try:
         info.digest = hashlib.sha256(info.path.read_bytes()).hexdigest()
-        with Image.open(info.path) as img:
+        with open_file(info.path) as img:
             info.size, info.mode = img.size, img.mode
             img.load()
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+    except BadImageError as e:
+        info.error = str(e).removeprefix(f"cannot read image {info.path}: ")  # the report names the file itself
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
         info.error = str(e).splitlines()[0] if str(e) else type(e).__name__
     return info
 

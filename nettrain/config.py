@@ -22,6 +22,9 @@ from nettrain.errors import UserError, invalid
 MONITORS = ("auto", "val_loss", "val_accuracy", "train_loss", "train_accuracy", "val_rmse", "val_mae", "val_f1", "val_precision",
             "val_recall")
 MAXIMIZED = ("accuracy", "f1", "precision", "recall")
+# The largest data.image_size: 8x the 224-299 px that ImageNet models are built for; a batch of 32 such images
+# is 1.6 GB of floats already.
+MAX_IMAGE_SIZE = 2048
 
 
 def _slug(text: str) -> str:
@@ -96,7 +99,8 @@ RULES: list[Rule] = [
     ("data.batch_size", lambda v: _int(v) and v >= 1, "must be an integer >= 1"),
     ("data.num_workers", lambda v: _int(v) and v >= 0, "must be an integer >= 0"),
     ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "must be a number in (0, 1)"),
-    ("data.image_size", lambda v: v == "auto" or (_int(v) and v >= 4), "must be auto or an integer >= 4 (pixels)"),
+    ("data.image_size", lambda v: v == "auto" or (_int(v) and 4 <= v <= MAX_IMAGE_SIZE),
+     f"must be auto or an integer in [4, {MAX_IMAGE_SIZE}] (pixels)"),
     ("data.channels", _one_of("auto", 1, 3), "allowed: auto, 1, 3"),
     ("data.augment", _one_of("auto", "standard", "crop", "shift", "flip", "none"),
      "allowed: auto, standard, crop, shift, flip, none"),

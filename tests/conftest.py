@@ -76,5 +76,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _in_tmp_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test runs from its own directory, so `outputs/` never lands in the repo."""
+    """Every test runs from its own directory, so `outputs/` never lands in the repo, and caches (the decoded
+    images of data.cache=true) go to its own dir, never the user's ~/.cache."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))

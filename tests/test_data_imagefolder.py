@@ -205,7 +205,52 @@ def test_cats_dogs_experiment_trains_on_a_generated_folder(tmp_path):
     assert ckpt["spec"]["class_names"] == ["cat", "dog"]
     assert ckpt["spec"]["preprocessing"] | {"mean": None, "std": None} == {
         "kind": "image", "image_size": 16, "channels": 3, "mean": None, "std": None}
-    assert list((root / ".nettrain_cache").glob("*.pt"))  # the experiment caches decoded images
+    assert list((tmp_path / "xdg-cache" / "nettrain" / "images").glob("*.pt"))  # the experiment caches decoded images
+
+
+def test_the_cache_never_writes_into_the_data_folder(tmp_path):
+    root = image_folder(tmp_path / "shared_photos", per_class=4)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    build_data(data_cfg(root, cache=True), DataContext())
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # read-only or shared: untouched
+    assert len(list((tmp_path / "xdg-cache" / "nettrain" / "images").glob("*.pt"))) == 2  # train and val
+
+
+def test_images_too_large_to_decode_are_bad_files_named_in_one_line(tmp_path, capfd, monkeypatch):
+    from nettrain.data import transforms
+
+    root = image_folder(tmp_path / "pets", per_class=4)
+    Image.new("L", (2000, 1000)).save(root / "train" / "cat" / "scan.png")
+    # As a 10,000 x 10,000 scan (1.6 GB to decode) is to the real limit, Pillow's 89 MP.
+    monkeypatch.setattr(transforms, "MAX_PIXELS", 1_000_000)
+    data = build_data(data_cfg(root), DataContext())
+    assert data.train.num_samples + data.val.num_samples == 16  # the scan is left out, with its reason
+    with pytest.raises(UserError, match="scan.png: 2000x1000 is 2 megapixels, over the 1 nettrain decodes"):
+        build_data(data_cfg(root, on_bad_file="error"), DataContext())
+    assert "DecompressionBomb" not in capfd.readouterr().err
+
+
+def test_image_sizes_that_cannot_fit_are_one_line(tmp_path, capsys, monkeypatch):
+    from nettrain.data import cache
+
+    root = image_folder(tmp_path / "pets", per_class=2)
+    assert run_in_process("train", "data=imagefolder", f"data.root={root}", "data.image_size=100000") == 2
+    assert "invalid data.image_size=100000: must be auto or an integer in [4, 2048]" in capsys.readouterr().err
+    monkeypatch.setattr(cache, "MEMORY_SHARE", 1e-9)  # this machine, as if its memory were a few bytes
+    assert run_in_process("train", "data=imagefolder", f"data.root={root}", "data.image_size=64", "data.cache=true",
+                          f"hydra.run.dir={tmp_path / 'run'}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.cache=true holds 8 images of 64 px in memory" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_tiny_images_say_they_are_upscaled(tmp_path, caplog):
+    root = image_folder(tmp_path / "dots", per_class=4, splits=())
+    for f in root.rglob("*.jpg"):
+        Image.new("RGB", (1, 1), (200, 0, 0) if "cat" in f.name else (0, 0, 200)).save(f)
+    with caplog.at_level(logging.INFO, logger="nettrain"):
+        build_data(data_cfg(root, val_fraction=0.5, image_size="auto"), DataContext())
+    assert "image_size=4 (images are 1 px, upscaled to the smallest size nettrain takes)" in caplog.text
 
 
 def test_a_bad_folder_is_exit_2_and_leaves_no_run_dir(tmp_path, capsys):

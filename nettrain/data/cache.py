@@ -6,8 +6,9 @@ new cache and removes the stale one. It is written atomically: an interrupted ca
 no partial file. Files that could not be decoded are recorded in it, so later runs skip them
 without opening them again.
 
-Where: `data.cache_dir`, by default `<data.root>/.nettrain_cache` (hidden, so never scanned as a
-class), or `~/.cache/nettrain` ($XDG_CACHE_HOME) when the data's folder is read-only.
+Where: `data.cache_dir`, by default the user's cache dir (`~/.cache/nettrain/images`, $XDG_CACHE_HOME),
+never the data's own folder: a read-only photo folder or a shared dataset must not be written to.
+The file's name tells the data apart (a hash of its root, then the key of its contents).
 """
 
 from __future__ import annotations
@@ -52,10 +53,25 @@ def decode_each(files: Sequence[Path], image_size: int, channels: int, descripti
             bar.advance()
 
 
-def default_cache_dir(root: Path) -> Path:
-    if os.access(root, os.W_OK):
-        return root / ".nettrain_cache"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nettrain"
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nettrain" / "images"
+
+
+# A cache is held in memory whole: at most this share of the machine's memory.
+MEMORY_SHARE = 0.5
+
+
+def check_fits(images: int, channels: int, image_size: int) -> None:
+    """Refuse, in one line, a cache larger than MEMORY_SHARE of this machine's memory (before decoding)."""
+    need = images * channels * image_size ** 2  # uint8
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > MEMORY_SHARE * memory:
+        raise invalid("data.image_size", image_size, f"data.cache=true holds {images:,} images of {image_size} px in memory: "
+                                                     f"{need / 1e9:.1f} GB, over half of this machine's {memory / 1e9:.0f} GB; "
+                                                     f"lower data.image_size, or data.cache=false to decode them on the fly")
 
 
 def _cache_file(cache_dir: Path, root: Path, name: str, files: Sequence[Path], image_size: int,

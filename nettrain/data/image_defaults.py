@@ -28,13 +28,15 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from PIL import Image
 from torch import Tensor
+
+from nettrain.data.transforms import BadImageError, open_file
 
 log = logging.getLogger("nettrain")
 
 AUTO = "auto"
 MAX_AUTO_SIZE = 64
+MIN_SIZE = 4           # the smallest data.image_size (config's rule): a 3x3 kernel needs something to slide over
 SMALL = 64            # at most this many px: "small" images for the augmentation policy
 SURVEY_SAMPLE = 2000  # image headers read to decide channels and size
 STATS_SAMPLE = 512    # images decoded for the normalization when they are not cached
@@ -66,10 +68,10 @@ def survey(files: Sequence[Path]) -> Survey:
     sides = []
     for path in _spaced(files, SURVEY_SAMPLE):
         try:
-            with Image.open(path) as img:
+            with open_file(path) as img:
                 modes[img.mode] += 1
                 sides.append(min(img.size))
-        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        except BadImageError:
             continue  # unreadable files are screened (and reported) by the builder
     return Survey(modes, sides)
 
@@ -97,8 +99,10 @@ def choose_shape(cfg: DictConfig, files: Sequence[Path]) -> list[str]:
         cfg.channels = 1 if found.grayscale else 3
         chosen.append(f"channels={cfg.channels} ({'every image is grayscale' if found.grayscale else 'colour images'})")
     if "image_size" in wanted:
-        cfg.image_size = max(min(median, MAX_AUTO_SIZE), 4)
-        why = "their size" if median <= MAX_AUTO_SIZE else f"images are {median} px: larger costs more, set data.image_size"
+        cfg.image_size = max(min(median, MAX_AUTO_SIZE), MIN_SIZE)
+        why = ("their size" if MIN_SIZE <= median <= MAX_AUTO_SIZE else
+               f"images are {median} px: larger costs more, set data.image_size" if median > MAX_AUTO_SIZE else
+               f"images are {median} px, upscaled to the smallest size nettrain takes")
         chosen.append(f"image_size={cfg.image_size} ({why})")
     if "augment" in wanted:
         cfg.augment, why = auto_augment(cfg.channels, median)

@@ -27,18 +27,17 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from nettrain.config import absolute
 from nettrain.data import Data, DataContext, files_fingerprint, image_defaults, tensor_loader
 from nettrain.data.augment import image_batch_transform
-from nettrain.data.cache import cached_images, decode_each, default_cache_dir
+from nettrain.data.cache import cached_images, check_fits, decode_each, default_cache_dir
 from nettrain.data.labels import balanced_weights, split_indices
 from nettrain.data.loaders import EpochReport, Loader, StreamLoader
 from nettrain.data.spec import DataSpec
-from nettrain.data.transforms import BadImageError, channel_stats, decode
+from nettrain.data.transforms import BadImageError, channel_stats, decode, open_file
 from nettrain.errors import UserError, invalid
 
 log = logging.getLogger("nettrain")
@@ -142,11 +141,10 @@ def find_images(cfg: DictConfig) -> tuple[list[Folder], list[str], Path]:
 def header_problem(path: Path) -> str | None:
     """Why `path` is not an image by its header (None: it looks like one). Cheap: no pixel is decoded."""
     try:
-        with Image.open(path) as img:
-            img.size  # noqa: B018 - identifying the format and size is the check
+        open_file(path).close()  # identifying the format and size is the check
         return None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-        return f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    except BadImageError as e:
+        return str(e)
 
 
 class ImageFiles(Dataset):
@@ -201,7 +199,8 @@ def build(cfg: DictConfig, ctx: DataContext) -> Data:
     chosen = image_defaults.choose_shape(cfg, folders[0].files)  # data.channels/image_size/augment=auto: from the training images
     cache_dir = None
     if cfg.cache:
-        cache_dir = Path(absolute(cfg.cache_dir)) if cfg.get("cache_dir") else default_cache_dir(root)
+        check_fits(sum(len(f.files) for f in folders), cfg.channels, cfg.image_size)
+        cache_dir = Path(absolute(cfg.cache_dir)) if cfg.get("cache_dir") else default_cache_dir()
     bad: list[str] = []
     parts: dict[str, Folder] = {}
     for folder in folders:

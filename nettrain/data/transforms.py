@@ -12,6 +12,7 @@ Two steps, kept apart so the expensive one can be cached:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,13 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", "
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # integer modes wider than 8 bits
 
 
+# The most pixels an image may have: Pillow's own warning threshold (89 MP; a 10,000 x 10,000 scan is 100 MP
+# and takes over a GB to decode). Larger images are unreadable files, named in one line, found from the header;
+# Pillow's own warning (a wall of text, once per look at the file) is then never needed.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 class BadImageError(UserError):
     """A file that is not a readable image; names the file. Image folders may skip these."""
 
@@ -38,20 +46,35 @@ def _reason(e: BaseException) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
+def open_file(path: str | Path) -> Image.Image:
+    """`Image.open` (the header only: no pixel decoded), or a BadImageError naming the file: unreadable, or
+    larger than MAX_PIXELS. Every look at an image file goes through here."""
+    try:
+        img = Image.open(path)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise BadImageError(f"cannot read image {path}: {_reason(e)}") from None
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()
+        raise BadImageError(f"cannot read image {path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over "
+                            f"the {MAX_PIXELS / 1e6:.0f} nettrain decodes; downscale it") from None
+    return img
+
+
 def open_image(source: str | Path | Image.Image, draft_size: int | None = None) -> Image.Image:
     """The fully decoded, EXIF-rotated image (corruption or truncation is found here, not mid-training).
     With `draft_size`, a JPEG decodes at a reduced scale that still keeps both sides >= draft_size:
     several times faster for photos much larger than the model's input."""
     if isinstance(source, Image.Image):
         return ImageOps.exif_transpose(source)
-    try:
-        with Image.open(source) as img:
+    with open_file(source) as img:
+        try:
             if draft_size:
                 img.draft(None, (draft_size, draft_size))
             img.load()
             return ImageOps.exif_transpose(img)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-        raise BadImageError(f"cannot read image {source}: {_reason(e)}") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            raise BadImageError(f"cannot read image {source}: {_reason(e)}") from None
 
 
 def to_channels(img: Image.Image, channels: int) -> Image.Image:
