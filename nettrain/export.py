@@ -144,7 +144,10 @@ def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, text: bool 
 def _torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, text: bool = False) -> None:
     import torch
 
-    with _jit_deprecation_silenced():
+    with _jit_deprecation_silenced(), warnings.catch_warnings():
+        # The tracer warns of every Python number read off a tensor's shape (a memory's row count, a mask's
+        # size): constants of this model, and the export is checked against PyTorch on other batch sizes below.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # A Transformer's graph differs between its trace and jit's re-trace (the attention fast path);
         # the export is checked against PyTorch at other batch sizes and lengths below instead.
         traced = torch.jit.trace(model, example, check_trace=not text)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import history, metrics, run_in_process, train
+from conftest import history, metrics, nettrain, run_in_process, train
 from datagen import repeated_rows
 from nettrain.inference import load_model
 from nettrain.models.memory import Memory
@@ -159,6 +159,14 @@ def test_the_onnx_export_recalls_the_rows_as_pytorch_does(tmp_path):
         ours = loaded.model(rows)
     assert (ours - loaded.model.head(loaded.model.backbone(rows))).abs().max() > 1  # the memory answered
     assert (torch.from_numpy(onnx_out) - ours).abs().max() <= 1e-4
+
+
+def test_the_torchscript_export_of_a_memory_is_quiet(tmp_path):
+    path = repeated_rows(tmp_path / "rows.csv")
+    run_dir = train(tmp_path, "data=csv", f"data.path={path}", "data.target=target", "trainer.max_epochs=1",
+                    "model.memory=true")
+    err = nettrain("export", f"ckpt={run_dir}", "format=torchscript", cwd=tmp_path).stderr  # as a shell shows it
+    assert "Warning" not in err and len(err.strip().splitlines()) == 2, err  # the check's line and the JSON's
 
 
 @pytest.mark.parametrize("key, cut", [("memory.rows", (slice(None), slice(0, 2))), ("memory.targets", slice(0, 10)),
