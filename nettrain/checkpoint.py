@@ -12,6 +12,7 @@ import io
 import os
 import pickle
 import random
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,11 @@ def load_checkpoint(path: str | Path, prefer: str = "best.pt", mmap: bool = Fals
     """Load a nettrain checkpoint with `weights_only=True`; anything else is refused in one line.
     `mmap`: tensors stay on disk until touched (to read only the config or spec)."""
     file = find_checkpoint(path, prefer)
+    _refuse_other_formats(file)
     try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: a refusal below says what matters
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # The weights-only unpickler refused the file. A pickle that asks for a class or function
         # (torch names it a "global", in words whose case changes between versions) is a refusal,
@@ -118,6 +122,26 @@ def load_checkpoint(path: str | Path, prefer: str = "best.pt", mmap: bool = Fals
         raise UserError(f"cannot load {file}: not a nettrain checkpoint")
     ckpt["path"] = str(file)
     return ckpt
+
+
+ZIP_MAGIC = b"PK\x03\x04"   # torch.save's format (a zip archive) since torch 1.6: every nettrain checkpoint
+PICKLE_MAGIC = b"\x80"       # the first byte of a pickle (protocol 2 and later)
+
+
+def _refuse_other_formats(file: Path) -> None:
+    """Anything but torch's zip format is refused from its first bytes, before torch reads it: a raw pickle
+    (which could run code when unpickled), or any other file."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise UserError(f"cannot load {file}: {e.strerror or e}") from None
+    if head == ZIP_MAGIC:
+        return
+    if head[:1] == PICKLE_MAGIC:
+        raise UserError(f"refusing to load {file}: it is a raw pickle, not a nettrain checkpoint (those are torch's zip "
+                        f"format); unpickling it could run any code it holds")
+    raise UserError(f"cannot load {file}: not a nettrain checkpoint ({'empty' if not head else 'another format'})")
 
 
 def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], file: str, what: str) -> None:

@@ -317,8 +317,31 @@ def check_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
         raise UserError(f"unknown key {key} (from {override}): {hint}")
 
 
+# Modules whose functions run commands, touch files or processes, or load code: never a model, dataset, loss or
+# optimizer. A `_target_` in them is refused before anything runs (Hydra's own blocklist would stop some of
+# them only at instantiation, after the run had started).
+SYSTEM_MODULES = frozenset({
+    "builtins", "os", "posix", "nt", "sys", "subprocess", "shutil", "importlib", "runpy", "pickle", "marshal",
+    "shelve", "ctypes", "socket", "code", "codeop", "pty", "signal", "multiprocessing", "threading", "asyncio",
+    "pathlib", "io", "tempfile", "glob", "zipfile", "tarfile", "operator", "functools", "types", "inspect", "gc",
+    "webbrowser", "http", "urllib", "ftplib", "smtplib", "hydra", "omegaconf", "torch.hub", "torch.load",
+})
+
+
+def check_target_modules(cfg: Any) -> None:
+    """Refuse a `_target_` naming a function of Python's system modules (os.system, builtins.eval, ...)."""
+    for key, target in find_targets(cfg):
+        parts = str(target).split(".")
+        for i in range(len(parts), 0, -1):
+            if ".".join(parts[:i]) in SYSTEM_MODULES:
+                raise UserError(f"refusing {key}={target}: it is in Python's {'.'.join(parts[:i])} module, "
+                                f"not a model, dataset, loss or optimizer; a _target_ must be a class or function of "
+                                f"your own or of a library (e.g. mypkg.nets.TinyNet, torch.optim.SGD)")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every value a run depends on; raise a one-line `UserError` on the first bad one."""
+    check_target_modules(cfg)
     for key in sorted(OmegaConf.missing_keys(cfg)):
         group = key.split(".")[0]
         chosen = OmegaConf.select(cfg, f"{group}.name", default=None, throw_on_missing=False)

@@ -341,7 +341,7 @@ def test_resume_warns_when_the_data_on_disk_changed(tmp_path, capfd):
 
 def test_a_payload_pickle_is_a_refusal_whatever_case_torch_words_it_in(tmp_path, monkeypatch):
     path = tmp_path / "payload.pt"
-    path.write_bytes(b"x")
+    path.write_bytes(b"PK\x03\x04")  # a zip archive's start, as torch.save writes one
 
     def load(*args, **kwargs):
         raise pickle.UnpicklingError("Weights only load failed.\nWeightsUnpickler error: unsupported global: "
@@ -381,3 +381,34 @@ def test_a_ctrl_c_after_the_loop_let_go_of_it_is_exit_130_not_a_traceback(tmp_pa
     monkeypatch.setattr(nettrain.launch, "launch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert run_in_process("train", f"resume={run_dir}", "trainer.max_epochs=2") == 130
     assert metrics(run_dir)["status"] == "interrupted"
+
+
+def test_a_raw_pickle_with_a_payload_is_refused_for_what_it_is(tmp_path, capfd):
+    marker = tmp_path / "PWNED"
+
+    class WritesAFile:
+        def __reduce__(self):
+            return open, (str(marker), "w")
+
+    with open(tmp_path / "raw.pt", "wb") as f:
+        pickle.dump({"format": "nettrain-checkpoint", "model": WritesAFile()}, f)
+    for command in (["eval", str(tmp_path / "raw.pt")], ["predict", str(tmp_path / "raw.pt"), "input=x.png"],
+                    ["train", f"model.init_from={tmp_path / 'raw.pt'}"]):
+        assert run_in_process(*command) == 2
+        line = _one_line(capfd.readouterr().err)
+        assert "it is a raw pickle, not a nettrain checkpoint" in line and "could run any code" in line, line
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("target", ["os.system", "builtins.eval", "subprocess.run", "shutil.rmtree"])
+def test_a_target_of_pythons_system_modules_is_refused_at_once_in_one_line(tmp_path, capfd, target):
+    conf = tmp_path / "conf" / "model"
+    conf.mkdir(parents=True)
+    (conf / "evil.yaml").write_text(f"_target_: {target}\ncommand: touch {tmp_path / 'PWNED'}\n")
+    started = time.perf_counter()
+    assert run_in_process("train", "--config-dir", str(tmp_path / "conf"), "model=evil") == 2
+    assert time.perf_counter() - started < 3  # before torch is imported, data read or a run dir made
+    line = _one_line(capfd.readouterr().err)
+    assert line.startswith(f"nettrain: refusing model._target_={target}: it is in Python's ") and line.endswith(
+        "(e.g. mypkg.nets.TinyNet, torch.optim.SGD)")
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "outputs").exists()
