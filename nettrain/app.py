@@ -186,6 +186,7 @@ def train_task(cfg: DictConfig) -> float:
     try:
         if _single_entry():
             rundir.lock(run_dir)  # before reading anything: a second process on this dir stops here
+        rundir.check_writable(run_dir)  # a read-only or full disk is one line now, not a failure mid-run
         if multirun:  # a sweep's job dir is the sweep's: its summary lists every job, refused ones too
             rundir.record_hydra_config(run_dir, composed)
         previous = read_metrics(run_dir)
@@ -223,7 +224,7 @@ def train_task(cfg: DictConfig) -> float:
             log.error("nettrain: %s", message)  # into the run's train.log too
         else:  # a refused command writes nothing into the dir it names, not even its log
             print(f"nettrain: {message}", file=sys.stderr)
-        if not isinstance(e, rundir.RunDirBusy):
+        if not isinstance(e, rundir.RunDirRefused):
             # A run that never wrote anything leaves no dir behind; one that did (or a sweep's job)
             # keeps it with the error. A refused resume leaves the run it names untouched.
             if multirun or (not rundir.discard_new(run_dir) and started):

@@ -38,6 +38,36 @@ def console_handler() -> logging.Handler:
     return handler
 
 
+class RunLogFile(logging.FileHandler):
+    """train.log, opened at its first line (a refused command leaves none). A disk that refuses the file
+    (read-only, full) ends the log file, never the run: said once on the console, and the run goes on."""
+
+    def __init__(self, filename: str) -> None:
+        super().__init__(filename, delay=True)
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failed:
+            return
+        try:
+            if self.stream is None:
+                self.stream = self._open()
+        except OSError as e:
+            self._give_up(e)
+            return
+        super().emit(record)  # a failed write comes back through handleError
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        self._give_up(error if isinstance(error, OSError) else None)
+
+    def _give_up(self, error: OSError | None) -> None:
+        self.failed = True
+        reason = (error.strerror or str(error)) if error is not None else "a write failed"
+        console.print(f"nettrain: cannot write {self.baseFilename} ({reason}); the log goes on on the console only",
+                      markup=False, highlight=False)
+
+
 def setup_plain_logging() -> None:
     """Logging for the commands that are not Hydra apps (eval, predict, export, ...): the console at
     INFO, whatever an earlier command in this process left (a run's train.log, a worker's ERROR level)."""

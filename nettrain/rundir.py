@@ -25,10 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 from nettrain.errors import UserError
 
 
-class RunDirBusy(UserError):
-    """Another live process trains in this run dir."""
+class RunDirRefused(UserError):
+    """This process cannot train in the run dir: nothing may be written to it, not even the failure."""
 
     exit_code = 1
+
+
+class RunDirBusy(RunDirRefused):
+    """Another live process trains in this run dir."""
 
 
 _held: dict[str, int] = {}  # run dir -> the descriptor holding its lock
@@ -84,6 +88,25 @@ def lock(run_dir: Path) -> None:
         raise RunDirBusy(f"{run_dir} is in use by {who}; wait for it to end (or stop it), "
                          f"or choose another hydra.run.dir") from None
     _held[str(run_dir)] = fd
+
+
+def check_writable(run_dir: Path) -> None:
+    """Refuse (exit 1, one line) a run dir this process cannot write into: a read-only mount, a full disk."""
+    probe = run_dir / f".write-test.{os.getpid()}.tmp"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"x")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        error = RunDirRefused(f"cannot write into {run_dir}: {e.strerror or e}; a run needs its dir writable "
+                           f"(for a resume, copy the run somewhere writable and resume the copy)")
+        raise error from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
 
 
 def unlock(run_dir: Path) -> None:

@@ -412,3 +412,57 @@ def test_a_target_of_pythons_system_modules_is_refused_at_once_in_one_line(tmp_p
     assert line.startswith(f"nettrain: refusing model._target_={target}: it is in Python's ") and line.endswith(
         "(e.g. mypkg.nets.TinyNet, torch.optim.SGD)")
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "outputs").exists()
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Makes a dir read-only for real: a read-only bind mount as root (whom file modes do not stop), else chmod."""
+    made = []
+
+    def make(path: Path) -> Path:
+        if os.geteuid() != 0:
+            for p in [path, *path.rglob("*")]:
+                p.chmod(p.stat().st_mode & ~0o222)
+            made.append(("chmod", path))
+            return path
+        mount = tmp_path / f"ro-{len(made)}"
+        mount.mkdir()
+        for args in (["mount", "--bind", str(path), str(mount)], ["mount", "-o", "remount,bind,ro", str(mount)]):
+            if subprocess.run(args, capture_output=True).returncode:
+                subprocess.run(["umount", str(mount)], capture_output=True)
+                pytest.skip("no read-only mount here (not allowed to mount, and root ignores file modes)")
+        made.append(("mount", mount))
+        return mount
+
+    yield make
+    for kind, path in made:
+        if kind == "mount":
+            subprocess.run(["umount", str(path)], capture_output=True)
+        else:
+            for p in [path, *path.rglob("*")]:
+                p.chmod(p.stat().st_mode | 0o200)
+
+
+def test_resuming_a_run_on_a_read_only_disk_is_one_line(finished_run, read_only, capfd):
+    run_dir = read_only(finished_run)
+    before = _snapshot(run_dir)
+    assert run_in_process("train", f"resume={run_dir}", "trainer.max_epochs=2") == 1
+    line = _one_line(capfd.readouterr().err)
+    assert line == (f"nettrain: cannot write into {run_dir}: Read-only file system; a run needs its dir writable (for a "
+                    f"resume, copy the run somewhere writable and resume the copy)") or "Permission denied" in line
+    assert _snapshot(run_dir) == before
+
+
+def test_a_log_file_the_disk_refuses_ends_the_file_not_the_run(tmp_path, monkeypatch, capfd):
+    import logging
+
+    def full(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(logging.FileHandler, "_open", full)
+    run_dir = tmp_path / "run"
+    assert run_in_process("train", f"hydra.run.dir={run_dir}", "trainer.max_epochs=2", *SMALL) == 0
+    assert metrics(run_dir)["status"] == "completed"
+    err = [line for line in capfd.readouterr().err.splitlines() if "train.log" in line]
+    assert err == [f"nettrain: cannot write {run_dir / 'train.log'} (No space left on device); the log goes on on the "
+                   f"console only"]
