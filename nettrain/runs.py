@@ -8,6 +8,7 @@ The sweep summary (`nettrain.sweep`) reads its jobs with the same `read_run`.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -108,32 +109,54 @@ def metric_columns(runs: list[Run], always: tuple[str, ...] = ("val_loss", "val_
 
 
 def show(*renderables: Any, stderr: bool = False) -> None:
-    """Rich tables and lines on a terminal; unwrapped in a pipe or file (greppable, whole paths)."""
+    """Rich tables and lines at the terminal's width; in a pipe or file at $COLUMNS when set, else unwrapped
+    (greppable, whole paths)."""
     from rich.console import Console
 
     console = Console(stderr=stderr, highlight=False)
-    if not console.is_terminal:
+    if not console.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
         console.width = 1000
     for renderable in renderables:
         console.print(renderable)
 
 
-def runs_table(runs: list[Run], root: Path) -> Any:
+def runs_table(runs: list[Run], root: Path, width: int = 1000) -> Any:
+    """One line per run when that fits `width`; else each run's dir, then its date, name and overrides, folded
+    in one wide column beside the status and numbers (which never wrap)."""
+    from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     metrics = metric_columns(runs)
-    # At 80 columns the run dir and overrides fold onto more lines; dates, statuses and numbers stay whole.
-    table = Table(title=f"runs under {root}", title_justify="left")
-    for column in ("date", "run", "experiment/model", "overrides", "status", *metrics, "epochs"):
-        folds = column in ("run", "experiment/model", "overrides")
-        table.add_column(column, justify="right" if column in (*metrics, "epochs") else "left",
-                         overflow="fold" if folds else "ellipsis", no_wrap=not folds)
-    for run in runs:
-        style = STATUS_STYLE.get(run.status, "red")
-        table.add_row(run.started.strftime("%m-%d %H:%M"), str(run.path.relative_to(root)), run.name,
-                      " ".join(run.overrides), f"[{style}]{run.status}[/]",
-                      *(format_metric(m, run.best(m)) for m in metrics), str(run.epochs))
+    cells = [(run.started.strftime("%m-%d %H:%M"), escape(str(run.path.relative_to(root))), escape(run.name),
+              escape(" ".join(run.overrides)), f"[{STATUS_STYLE.get(run.status, 'red')}]{run.status}[/]",
+              *(format_metric(m, run.best(m)) for m in metrics), str(run.epochs)) for run in runs]
+    wide = ["date", "run", "experiment/model", "overrides", "status", *metrics, "epochs"]
+    needed = sum(max([len(h)] + [len(plain(c[i])) for c in cells]) + 3 for i, h in enumerate(wide)) + 1
+    if needed <= width:
+        table = Table(title=f"runs under {root}", title_justify="left")
+        for column in wide:
+            table.add_column(column, justify="right" if column in (*metrics, "epochs") else "left", no_wrap=True)
+        for row in cells:
+            table.add_row(*row)
+        return table
+    table = Table(title=f"runs under {root}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("run", overflow="fold", ratio=1)  # its dir; below it, its date, experiment/model, overrides
+    for column in ("status", *metrics, "epochs"):
+        table.add_column(SHORT.get(column, column), justify="left" if column == "status" else "right", no_wrap=True)
+    for date, path, name, overrides, *rest in cells:
+        table.add_row(f"{path}\n[dim]{date}  {name}{'  ' + overrides if overrides else ''}[/]", *rest)
     return table
+
+
+SHORT = {"val_loss": "val loss", "val_accuracy": "val acc", "val_rmse": "val rmse", "val_mae": "val mae"}
+
+
+def plain(markup: str) -> str:
+    """The text a cell shows, without its markup."""
+    from rich.text import Text
+
+    return Text.from_markup(markup).plain
 
 
 def as_json(runs: list[Run], root: Path) -> list[dict[str, Any]]:
@@ -180,7 +203,10 @@ def _runs(argv: list[str]) -> int:
     if not runs:
         print(f"no runs under {root}", file=sys.stderr)
         return 0
-    show(runs_table(runs, root))
+    from rich.console import Console
+
+    width = Console().width if os.environ.get("COLUMNS", "").isdigit() or Console().is_terminal else 1000
+    show(runs_table(runs, root, width))
     return 0
 
 

@@ -88,7 +88,7 @@ def test_runs_json_and_a_sweep_job_dir_whose_name_holds_equals(outputs, capsys):
     assert json.loads(capsys.readouterr().out)[0]["run_dir"] == str(job)
 
 
-def test_the_runs_table_folds_into_80_columns_without_cutting_values(outputs):
+def test_the_runs_table_fits_80_columns_with_whole_headers_and_values(outputs):
     import io
 
     from rich.console import Console
@@ -96,7 +96,18 @@ def test_the_runs_table_folds_into_80_columns_without_cutting_values(outputs):
     from nettrain.runs import find_runs, runs_table
 
     out = Console(file=io.StringIO(), width=80, color_system=None)
-    out.print(runs_table(find_runs(outputs["root"]), outputs["root"]))
-    text = out.file.getvalue()
-    assert max(map(len, text.splitlines())) <= 80 and "…" not in text
-    assert "diverged" in text and "completed" in text
+    out.print(runs_table(find_runs(outputs["root"]), outputs["root"], width=80))
+    lines = out.file.getvalue().splitlines()
+    assert max(map(len, lines)) <= 80 and "…" not in "".join(lines)
+    assert any(line.split() == ["run", "status", "val", "loss", "val", "acc", "epochs"] for line in lines)
+    assert sum(" diverged " in line for line in lines) == 1 and sum(" completed " in line for line in lines) == 2
+    assert any(line.strip().startswith("mlp ") or line.strip() == "mlp" for line in lines)  # a run dir, on a line of its own
+
+
+def test_runs_piped_honours_columns(outputs, tmp_path):
+    from conftest import nettrain
+
+    narrow = nettrain("runs", str(outputs["root"]), cwd=tmp_path, env={"COLUMNS": "80"}).stdout
+    assert max(map(len, narrow.splitlines())) <= 80
+    wide = nettrain("runs", str(outputs["root"]), cwd=tmp_path, env={"COLUMNS": ""}).stdout
+    assert len(rows(wide)) == 3  # unwrapped: one line per run
