@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from nettrain.config import absolute, absolute_paths, check_added_keys, check_targets, monitor_mode, register_resolvers, validate
 from nettrain.errors import UserError, invalid, os_error_line
 from nettrain.overrides import quote_paths
-from nettrain.suggest import explain
+from nettrain.suggest import explain, nearest
 
 log = logging.getLogger("nettrain")
 
@@ -116,7 +116,8 @@ def _missing_config_line(e: Any) -> str:
                 f"pip install {package}  (or pip install 'nettrain[{extra}]')")
     if "/" in missing and options:
         group, name = missing.rsplit("/", 1)
-        return f"unknown {group}={name}; allowed: {', '.join(sorted(options))}"
+        guess = nearest(name, sorted(options))
+        return f"unknown {group}={name};{f' did you mean {guess}?' if guess else ''} allowed: {', '.join(sorted(options))}"
     return explain(e) or _first_line(e)
 
 

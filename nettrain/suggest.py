@@ -58,6 +58,19 @@ def key_owners() -> dict[str, tuple[str, ...]]:
     return {key: tuple(sorted(options)) for key, options in sorted(owners.items())}
 
 
+def _options(owners: tuple[str, ...]) -> str:
+    return ", ".join(owners[:3]) + (", ..." if len(owners) > 3 else "")
+
+
+@cache
+def added_keys() -> frozenset[str]:
+    """Keys nettrain reads (it has a rule for them) that no config file sets: given with `+`
+    (`+optimizer.backbone_lr_factor=0.1`)."""
+    from nettrain.config import RULES
+
+    return frozenset(key for key, _, _ in RULES) - set(key_owners())
+
+
 def known_keys() -> tuple[str, ...]:
     """Every config key and group name nettrain's configs define (dotted)."""
     return tuple(key_owners())
@@ -83,8 +96,14 @@ def explain(error: BaseException) -> str | None:
             choose = owners[0] if len(owners) == 1 else "one of them"
             return (f"unknown key {key} for the {key.split('.')[0]} chosen: it is a key of {', '.join(owners)}; "
                     f"choose {choose} or leave it out")
+        if key in added_keys():
+            return f"{key} is a key nettrain reads that no config sets: add it with +{key}=VALUE"
         guess = nearest(key, known_keys())
-        hint = f"did you mean {guess}?" if guess else f"to add a new key use +{key}=..."
+        whose = key_owners().get(guess) if guess else None
+        if whose and len(whose) == len(group_options(guess.split(".")[0])):
+            whose = None  # every option has it: which one is chosen does not matter
+        hint = (f"did you mean {guess}{f' (a key of {_options(whose)})' if whose else ''}?" if guess
+                else f"to add a new key use +{key}=...")
         return f"unknown key {key}: {hint} (`nettrain train --cfg job` prints every key)"
     match = _LOAD.search(text)
     if match and (configs_dir() / match.group(1)).is_dir():

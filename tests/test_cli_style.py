@@ -57,6 +57,10 @@ def test_paths_are_quoted_for_hydra_and_nothing_else_is():
     (["train", "logger=[csv,tensorbord]"], "unknown logger=tensorbord; did you mean tensorboard? allowed: csv, mlflow"),
     (["eval", "ckpt=x", "splt=test"], "unknown argument splt=...; did you mean split?"),
     (["predict", "ckpt=x", "input=y", "topk=3"], "unknown argument topk=...; did you mean top_k?"),
+    (["train", "model=mpl"], "unknown model=mpl; did you mean mlp? allowed: bag, cnn"),
+    (["train", "optimizer.backbone_lr_factor=0.1"],  # nettrain reads it, no config file sets it: never another key
+     "optimizer.backbone_lr_factor is a key nettrain reads that no config sets: add it with +optimizer.backbone_lr_factor=VALUE"),
+    (["train", "optimizer.nesterv=true"], "did you mean optimizer.nesterov (a key of optimizer=sgd)?"),
 ])
 def test_mistyped_keys_get_the_nearest_valid_one(args, message, capfd):
     assert run_in_process(*args) == 2

@@ -17,7 +17,7 @@ BAD_INPUTS = [
     (["model.dropout=-0.2"], "model.dropout=-0.2: must be a number in [0, 1)"),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0: must be an integer >= 1"),
     (["model=lstm"], "unknown model=lstm; allowed: bag, cnn, googlenet, hf, inception_v3"),
-    (["data=imagenet"], "unknown data=imagenet; allowed:"),
+    (["data=imagenet"], "unknown data=imagenet; did you mean imagefolder? allowed:"),
     (["optimizer=lion"], "unknown optimizer=lion; allowed: adam, adamw, rmsprop, sgd"),
     (["scheduler=linear"], "unknown scheduler=linear; allowed:"),
     (["loss=hinge"], "unknown loss=hinge; allowed: bce, cross_entropy, custom, mse"),
