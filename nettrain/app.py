@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from nettrain.config import absolute, absolute_paths, check_added_keys, check_targets, monitor_mode, register_resolvers, validate
+from nettrain.config import (absolute, absolute_paths, check_added_keys, check_targets, monitor_mode, note_swept_keys,
+                             register_resolvers, validate)
 from nettrain.errors import UserError, invalid, os_error_line
 from nettrain.overrides import quote_paths
 from nettrain.suggest import explain, nearest
@@ -50,6 +51,8 @@ def run_hydra_app(task: Callable[[DictConfig], Any], argv: list[str], config_nam
     except UserError as e:
         print(f"nettrain: {e}", file=sys.stderr)
         return 2
+    if "-m" in argv or "--multirun" in argv:
+        note_swept_keys(argv)
     # Composition errors reach us as exceptions, so they can be reported in one line with exit 2.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv = ["nettrain", *argv]

@@ -61,7 +61,9 @@ class Run:
 
     @property
     def seconds(self) -> float:
-        """Training time: the epochs' own time, without start-up."""
+        """The run's wall time, set-up included (the epochs' own time for a run recorded before it was kept)."""
+        if isinstance(self.record.get("total_seconds"), (int, float)):
+            return float(self.record["total_seconds"])
         return sum(float(h.get("seconds", 0)) for h in self.record.get("history", []))
 
 

@@ -74,7 +74,8 @@ class RunLog:
     """`metrics.json` (rewritten atomically after every epoch), the start-up summary, and every
     event fanned out to the loggers the config chose (nettrain.loggers)."""
 
-    def __init__(self, run_dir: Path, cfg: DictConfig, seed: int, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, cfg: DictConfig, seed: int, resume_step: int | None = None,
+                 started: float | None = None) -> None:
         from nettrain.loggers import build_loggers
 
         self.run_dir, self.cfg, self.resume_step = run_dir, cfg, resume_step
@@ -83,7 +84,8 @@ class RunLog:
         self.loggers = build_loggers(OmegaConf.to_container(chosen, resolve=True) if chosen is not None else None)
         self.record: dict[str, Any] = {"status": "running", "epochs": 0, "best_epoch": None, "best": {},
                                        "seed": seed, "environment": environment(), "history": []}
-        self.session_started, self.seconds_before = time.perf_counter(), 0.0
+        # total_seconds: the wall time of the run's sessions, from each one's start (data and model set-up included).
+        self.session_started, self.seconds_before = started if started is not None else time.perf_counter(), 0.0
         self.device = "cpu"
 
     def resume_from(self, record: dict[str, Any]) -> None:

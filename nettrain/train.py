@@ -183,6 +183,7 @@ class DivergenceGuard:
 def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train `cfg` into `run_dir` (continuing `ckpt` when given). Returns the final metrics record
     (status, best, history) with the best weights loaded into `result["model"]`."""
+    fit_started = time.perf_counter()
     t = cfg.trainer
     rt = runtime.setup(t)
     before_data(cfg)  # the model's checks and downloads (and its say on the data's preprocessing) fail fast
@@ -242,7 +243,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
                         now.get("files", "?"))
         log.info("resumed from %s at epoch %d, step %d", ckpt["path"], progress.epoch + 1, progress.step)
 
-    runlog = RunLog(run_dir, cfg, t.seed, resume_step=progress.step if ckpt else None) if rt.is_main else None
+    runlog = RunLog(run_dir, cfg, t.seed, resume_step=progress.step if ckpt else None, started=fit_started) if rt.is_main else None
     if runlog is not None and ckpt is not None:
         remove_stale_temp_files(run_dir)
         _repair_checkpoints(ckpt, run_dir / "checkpoints")

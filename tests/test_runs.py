@@ -26,6 +26,12 @@ def outputs(tmp_path_factory) -> dict[str, object]:
     return {"root": root, **made}
 
 
+@pytest.fixture(autouse=True)
+def _unwrapped(monkeypatch):
+    """Output to a pipe, as a script reads it: unwrapped (unless $COLUMNS says otherwise, as one test does)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 def rows(out: str) -> list[str]:
     """The table's data rows (the lines that start with a date)."""
     return [line for line in out.splitlines() if re.match(r"\W*\d{2}-\d{2} \d{2}:\d{2}", line)]

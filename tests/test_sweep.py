@@ -60,6 +60,9 @@ def test_six_job_sweep_with_a_diverging_job_completes_the_others(tmp_path, capsy
     assert losses == sorted(losses)  # best val_loss (the monitored metric) first
     assert rows[-1]["status"] == "diverged" and rows[-1]["val_loss"] == "" and "diverged" in rows[-1]["error"]
     assert rows[0]["overrides"].startswith("optimizer.lr=") and rows[0]["best_epoch"] == "1"
+    for row, job in ((r, sweep / r["job"]) for r in rows if r["status"] == "completed"):
+        epochs = sum(h["seconds"] for h in metrics(job)["history"])
+        assert float(row["seconds"]) >= round(epochs, 1) and float(row["seconds"]) == round(metrics(job)["total_seconds"], 1)
     err = capsys.readouterr().err
     assert "6 jobs, best val_loss first" in err and "job 5 diverged: training diverged" in err
     assert f"tensorboard --logdir {sweep}" in err and "resume" not in err  # a diverged job would diverge again
@@ -67,7 +70,7 @@ def test_six_job_sweep_with_a_diverging_job_completes_the_others(tmp_path, capsy
     # TensorBoard: every job (a run named by its overrides) has its choices for the HParams tab: the
     # config groups and the overrides, not every default.
     for job in jobs:
-        assert re.fullmatch(r"\d_optimizer\.lr=[0-9.e+-]+,trainer\.limit_train_batches=3,trainer\.max_epochs=1", job.name)
+        assert re.fullmatch(r"\d_optimizer\.lr=[0-9.e+-]+", job.name)  # named by the value it sweeps, the rest is shared
         hparams = session_hparams(job)
         assert hparams["optimizer.lr"] == pytest.approx(float(job.name.split("=")[1].split(",")[0]))
         assert hparams["model"] == "mlp" and "trainer.log_every_n_steps" not in hparams
@@ -254,4 +257,19 @@ def test_run_and_job_dirs_never_collide(capsys):
     assert re.search(r"outputs/\d{4}-\d{2}-\d{2}/\d{2}-\d{2}-\d{2}-\d{6}_mlp$", capsys.readouterr().out.strip())
     assert run_in_process("train", "--cfg", "hydra", "-p", "hydra.sweep") == 0
     sweep = OmegaConf.create(capsys.readouterr().out)
-    assert OmegaConf.to_container(sweep)["subdir"].startswith("${hydra.job.num}_")  # jobs of one sweep: numbered
+    assert OmegaConf.to_container(sweep)["subdir"] == "${job_dir:}"  # jobs of one sweep: numbered (below)
+
+
+def test_job_dirs_are_numbered_and_named_by_what_they_sweep(tmp_path, monkeypatch):
+    from nettrain.config import SWEPT_KEYS, _job_dir
+
+    job = OmegaConf.create({"hydra": {"job": {"num": 3, "override_dirname": "model.hidden=[8],optimizer.lr=0.1"},
+                                      "sweep": {"dir": str(tmp_path)}, "sweeper": {"params": {"model.dropout": "x"}},
+                                      "overrides": {"task": ["model.hidden=[8]", "optimizer.lr=0.1", "model.dropout=0.2"]}}})
+    monkeypatch.setenv(SWEPT_KEYS, "optimizer.lr")
+    assert _job_dir(_root_=job) == "3_optimizer.lr=0.1,model.dropout=0.2"  # swept on the command line, and by Optuna
+    monkeypatch.delenv(SWEPT_KEYS)
+    assert _job_dir(_root_=job) == "3_model.hidden=-8-,optimizer.lr=0.1"  # not launched by nettrain: every override
+    monkeypatch.setenv(SWEPT_KEYS, "optimizer.lr")
+    (tmp_path / "3_model.hidden=-8-,optimizer.lr=0.1").mkdir()  # a sweep begun before: its job keeps its dir
+    assert _job_dir(_root_=job) == "3_model.hidden=-8-,optimizer.lr=0.1"
