@@ -46,6 +46,8 @@ def run_hydra_app(task: Callable[[DictConfig], Any], argv: list[str], config_nam
     from omegaconf.errors import OmegaConfBaseException
 
     register_resolvers()
+    if any(a in ("-h", "--help") for a in argv):
+        return _print_help(config_name, argv)
     try:
         argv = quote_paths(_with_resume_dir(argv))
     except UserError as e:
@@ -81,6 +83,28 @@ def run_hydra_app(task: Callable[[DictConfig], Any], argv: list[str], config_nam
         print(f"nettrain: {os_error_line(e)}", file=sys.stderr)
         return 1
     return _outcome["exit"]
+
+
+def _print_help(config_name: str, argv: list[str]) -> int:
+    """`--help`: train's explains every key its overrides compose; lr-find's and check-data's their own keys."""
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from nettrain.help import hydra_app_help, own_keys_help
+
+    if config_name != "train":
+        print(own_keys_help(config_name), end="")
+        return 0
+    overrides = [a for a in argv if a not in ("-h", "--help") and "=" in a and not a.startswith("-")]
+    try:
+        print(hydra_app_help(config_name, quote_paths(overrides)), end="")
+    except MissingConfigException as e:
+        print(f"nettrain: {_missing_config_line(e)}", file=sys.stderr)
+        return 2
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"nettrain: {explain(e) or _first_line(e)}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def yaml_error_line(e: yaml.YAMLError) -> str:

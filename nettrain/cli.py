@@ -11,10 +11,10 @@ from nettrain import __version__
 
 # name -> (module:function taking argv and returning an exit code, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("nettrain.app:train_main", "train a model (a Hydra app: overrides, +experiment=, -m sweeps, --cfg job, --help)"),
-    "eval": ("nettrain.evaluate:main", "evaluate a checkpoint: loss, accuracy, per-class metrics, confusion matrix"),
+    "train": ("nettrain.app:train_main", "train a model: key=value overrides, +experiment=NAME, -m sweeps"),
+    "eval": ("nettrain.evaluate:main", "a checkpoint's loss, accuracy, per-class metrics, confusion matrix"),
     "predict": ("nettrain.predict:main", "predict classes with probabilities for images, folders or CSV rows"),
-    "export": ("nettrain.export:main", "export a checkpoint to ONNX or TorchScript, checked against PyTorch"),
+    "export": ("nettrain.export:main", "a checkpoint as ONNX or TorchScript, checked against PyTorch"),
     "plot": ("nettrain.plot:main", "draw a run's train vs val loss and accuracy curves as a PNG"),
     "lr-find": ("nettrain.app:lr_find_main", "learning-rate range test: suggests an lr for a train config"),
     "runs": ("nettrain.runs:main", "list the runs under outputs/ with their status and best metrics"),

@@ -27,27 +27,33 @@ if TYPE_CHECKING:
 log = logging.getLogger("nettrain")
 
 USAGE = """
-usage: nettrain eval [ckpt=]PATH [split=val|test] [output=DIR] [device=auto|cpu|cuda] [--json]
-                     [data.KEY=VALUE ...] [model._target_=IMPORT.PATH] [loss._target_=IMPORT.PATH]
+usage: nettrain eval [ckpt=]PATH [split=val|test] [output=DIR] [--json]
+                     [device=auto|cpu|cuda] [data.KEY=VALUE ...]
+                     [model._target_=PATH] [loss._target_=PATH]
 
-Evaluate a checkpoint (a .pt file, or a run dir for its checkpoints/best.pt) on the val split
-(default) or the test split of its data: loss, accuracy, per-class precision / recall / F1 and the
-confusion matrix (regression: loss, RMSE, MAE, R2). The data is rebuilt from the checkpoint's
-config; data.KEY=VALUE changes it, e.g. data.root=DIR to evaluate on other files.
-A binary classifier decides as training's validation did at the checkpoint's epoch: by the
-threshold on its rare class's probability stored in the checkpoint (see train's threshold=), else
-by argmax; accuracy, the tables and the confusion matrix all use that decision.
-A checkpoint of your own model, data or loss (a _target_) is rebuilt only when you name the
-same model._target_, data._target_ or loss._target_ here: code named by a checkpoint is never
-imported on its own.
+Evaluate a checkpoint (a .pt file, or a run dir for its checkpoints/best.pt) on
+the val split (default) or the test split of its data: loss, accuracy,
+per-class precision / recall / F1 and the confusion matrix (regression: loss,
+RMSE, MAE, R2). The data is rebuilt from the checkpoint's config; data.KEY=VALUE
+changes it, e.g. data.root=DIR to evaluate on other files.
+
+A binary classifier decides as training's validation did at the checkpoint's
+epoch: by the threshold on its rare class's probability stored in the
+checkpoint (see train's threshold=), else by argmax; accuracy, the tables and
+the confusion matrix all use that decision.
+
+A checkpoint of your own model, data or loss (a _target_) is rebuilt only when
+you name the same model._target_, data._target_ or loss._target_ here: code
+named by a checkpoint is never imported on its own.
 
 Writes metrics.json, confusion_matrix.png and a TensorBoard image to output
-(default: RUN_DIR/eval/SPLIT). --json prints the metrics as JSON instead of the tables.
-The checkpoint may come first without `ckpt=` (a sweep job's dir, whose name holds `=`, too).
+(default: RUN_DIR/eval/SPLIT). --json prints the metrics as JSON instead of the
+tables. The checkpoint may come first without `ckpt=` (a sweep job's dir, whose
+name holds `=`, too).
 
 examples:
-  nettrain eval ckpt=outputs/2025-01-31/12-00-00/checkpoints/best.pt
-  nettrain eval ckpt=outputs/2025-01-31/12-00-00 split=test data.root=~/photos-2025
+  nettrain eval outputs/2025-01-31/12-00-00/checkpoints/best.pt
+  nettrain eval outputs/2025-01-31/12-00-00 split=test data.root=~/photos-2025
   nettrain eval outputs/multirun/2025-01-31/12-00-00/0_optimizer.lr=0.01 --json
 """
 

@@ -27,23 +27,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("nettrain")
 
 USAGE = """
-usage: nettrain export [ckpt=]PATH [format=onnx|torchscript] [output=FILE|DIR] [model._target_=IMPORT.PATH]
+usage: nettrain export [ckpt=]PATH [format=onnx|torchscript] [output=FILE|DIR]
+                       [model._target_=PATH]
 
-Export a checkpoint (a .pt file, or a run dir for its checkpoints/best.pt) with a dynamic batch
-size. The export is checked against the PyTorch model on sample inputs (max abs diff reported, at
-most 1e-4, or 1e-4 x the largest output where outputs exceed 1) before anything is written.
-Beside the model, a .json file of the same name holds what a program needs to use it: input
-shape, preprocessing (image size, channels, mean, std, or the tabular statistics), class names,
-the input/output names, and for a binary classifier its decision (the threshold on its rare
-class's probability, or argmax).
+Export a checkpoint (a .pt file, or a run dir for its checkpoints/best.pt) with
+a dynamic batch size. The export is checked against the PyTorch model on sample
+inputs (max abs diff reported, at most 1e-4, or 1e-4 x the largest output where
+outputs exceed 1) before anything is written. Beside the model, a .json file of
+the same name holds what a program needs to use it: input shape, preprocessing
+(image size, channels, mean, std, or the tabular statistics), class names, the
+input/output names, and for a binary classifier its decision (the threshold on
+its rare class's probability, or argmax).
 
-Default output: RUN_DIR/export/CKPT_NAME.onnx (or .torchscript.pt).
-A checkpoint of your own model (model._target_) is rebuilt only when you name the same
+Default output: RUN_DIR/export/CKPT_NAME.onnx (or .torchscript.pt). A checkpoint
+of your own model (model._target_) is rebuilt only when you name the same
 model._target_ here: code named by a checkpoint is never imported on its own.
 
 examples:
-  nettrain export ckpt=outputs/2025-01-31/12-00-00 format=onnx
-  nettrain export ckpt=outputs/2025-01-31/12-00-00/checkpoints/best.pt format=torchscript output=model.pt
+  nettrain export outputs/2025-01-31/12-00-00 format=onnx
+  nettrain export outputs/2025-01-31/12-00-00 format=torchscript output=model.pt
 """
 
 DEFAULTS: dict[str, Any] = {"ckpt": None, "format": "onnx", "output": None}

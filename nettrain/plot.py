@@ -16,14 +16,15 @@ log = logging.getLogger("nettrain")
 USAGE = """
 usage: nettrain plot [run=]RUN_DIR [output=FILE.png] [log_loss=true|false]
 
-Draw the run's train and val loss, accuracy (regression: RMSE) and learning rate per epoch from
-RUN_DIR/metrics.json, with the best epoch marked, titled with the run's name and overrides.
-Writes RUN_DIR/curves.png unless output= is given. log_loss=true draws the loss on a log scale.
-Works on a finished run and on one still training, and on a sweep's job dir (names with `=`).
+Draw the run's train and val loss, accuracy (regression: RMSE) and learning
+rate per epoch from RUN_DIR/metrics.json, with the best epoch marked, titled
+with the run's name and overrides. Writes RUN_DIR/curves.png unless output= is
+given. log_loss=true draws the loss on a log scale. Works on a finished run and
+on one still training, and on a sweep's job dir (names with `=`).
 
 examples:
   nettrain plot outputs/2025-01-31/12-00-00-123456_mlp
-  nettrain plot outputs/multirun/2025-01-31/12-00-00-123456/0_optimizer.lr=0.01 log_loss=true
+  nettrain plot outputs/multirun/2025-01-31/12-00-00-123456/0_optimizer.lr=0.01
 """
 
 DEFAULTS: dict[str, Any] = {"run": None, "output": None, "log_loss": False}

@@ -27,31 +27,39 @@ if TYPE_CHECKING:
 log = logging.getLogger("nettrain")
 
 USAGE = """
-usage: nettrain predict [ckpt=]PATH input=FILE|DIR|CSV | text="..." [top_k=N] [format=table|json|csv]
-                        [batch_size=64] [device=auto|cpu|cuda] [model._target_=IMPORT.PATH]
+usage: nettrain predict [ckpt=]PATH input=FILE|DIR|CSV | text="..."
+                        [top_k=N] [format=table|json|csv] [batch_size=64]
+                        [device=auto|cpu|cuda] [model._target_=PATH]
 
-Predict the class of each input with its probabilities, using only what the checkpoint stores
-(class names, image size, normalization, tabular statistics). ckpt is a .pt file, or a run dir
-for its checkpoints/best.pt. input is an image, a folder of images (searched recursively), or
-for a model trained on tabular data a CSV file whose rows are predicted (each named FILE:LINE,
-the header being line 1). For a model trained on text (data=text): text="..." predicts one text;
-input= a file of one text per line, or a .csv/.tsv/.jsonl file with the training text column (each
-named FILE:LINE). Unreadable inputs are reported on stderr and skipped. A binary classifier
-trained with a decision threshold (train's threshold=) predicts its rare class when that class's
-probability reaches the threshold stored in the checkpoint; the probabilities shown are the softmax ones.
+Predict the class of each input with its probabilities, using only what the
+checkpoint stores (class names, image size, normalization, tabular statistics).
+ckpt is a .pt file, or a run dir for its checkpoints/best.pt. input is:
+  an image, or a folder of images (searched recursively);
+  for a model trained on a table, a CSV file whose rows are predicted (each
+  named FILE:LINE, the header being line 1);
+  for a model trained on text (data=text), a file of one text per line, or a
+  .csv/.tsv/.jsonl file with the training text column; text="..." predicts one.
+Unreadable inputs are reported on stderr and skipped. A binary classifier
+trained with a decision threshold (train's threshold=) predicts its rare class
+when that class's probability reaches the threshold stored in the checkpoint;
+the probabilities shown are the softmax ones.
 
-  top_k=N       the N most probable classes per input (default: 3 in the table, all in JSON)
-  format=table  a table on stdout (default); json: a list of {"input", "prediction",
-                "probabilities": {class: p}}; csv: input, prediction, one column per class.
-                Only the results go to stdout; logs and errors go to stderr.
-  model._target_=IMPORT.PATH   a checkpoint of your own model is rebuilt only when you name
-                its model._target_ here: code named by a checkpoint is never imported on its own.
+  top_k=N       the N most probable classes per input (default: 3 in the
+                table, all in JSON)
+  format=table  a table on stdout (default); json: a list of {"input",
+                "prediction", "probabilities": {class: p}}; csv: input,
+                prediction, one column per class. Only the results go to
+                stdout; logs and errors go to stderr.
+  model._target_=PATH
+                a checkpoint of your own model is rebuilt only when you name
+                its model._target_ here: code named by a checkpoint is never
+                imported on its own.
 
 examples:
-  nettrain predict ckpt=outputs/2025-01-31/12-00-00 input=photo.jpg
-  nettrain predict ckpt=outputs/2025-01-31/12-00-00 input=photos/ format=json > predictions.json
-  nettrain predict ckpt=outputs/2025-01-31/12-00-00 input=new_rows.csv format=csv
-  nettrain predict ckpt=outputs/2025-01-31/12-00-00 text="my card was swallowed by the ATM"
+  nettrain predict outputs/2025-01-31/12-00-00 input=photo.jpg
+  nettrain predict outputs/2025-01-31/12-00-00 input=photos/ format=json
+  nettrain predict outputs/2025-01-31/12-00-00 input=new_rows.csv format=csv
+  nettrain predict outputs/2025-01-31/12-00-00 text="my card was swallowed"
 """
 
 DEFAULTS: dict[str, Any] = {"ckpt": None, "input": None, "text": None, "top_k": None, "format": "table", "batch_size": 64,

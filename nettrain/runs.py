@@ -22,11 +22,12 @@ from nettrain.errors import UserError, invalid
 USAGE = """
 usage: nettrain runs [[dir=]DIR] [sort=METRIC] [--json]
 
-List the training runs under DIR (default: outputs), newest first: date, run dir, experiment
-(or model), overrides, status, best val loss and accuracy, epochs. Sweep jobs are runs too
-(a job's dir, whose name holds `=`, works as DIR). sort=METRIC (or --sort METRIC) orders by a
-best metric instead, best first: val_loss, val_accuracy, val_rmse, val_mae. --json prints the
-runs as a JSON list instead of the table.
+List the training runs under DIR (default: outputs), newest first: run dir,
+date, experiment (or model), overrides, status, best val loss and accuracy,
+epochs. Sweep jobs are runs too (a job's dir, whose name holds `=`, works as
+DIR). sort=METRIC (or --sort METRIC) orders by a best metric instead, best
+first: val_loss, val_accuracy, val_rmse, val_mae. --json prints the runs as a
+JSON list instead of the table.
 
 examples:
   nettrain runs

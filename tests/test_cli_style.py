@@ -83,3 +83,30 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
                               capture_output=True, text=True, timeout=60)
         assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
         assert proc.stdout.startswith("usage: nettrain")
+
+
+COMMANDS = ["train", "lr-find", "check-data", "eval", "predict", "export", "plot", "runs"]
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_every_help_fits_80_columns(command, capsys):
+    assert run_in_process(*filter(None, [command]), "--help") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and max(map(len, lines)) <= 80, [line for line in lines if len(line) > 80]
+
+
+def test_train_help_says_what_each_key_of_the_chosen_options_does(capsys):
+    assert run_in_process("train", "model=cnn", "--help") == 0
+    out = capsys.readouterr().out
+    assert "  model: bag *cnn googlenet" in out  # the groups, the chosen option marked
+    assert "model.kernel_size=3" in out and "model.hidden" not in out  # the CNN's keys, not the MLP's
+    assert "  trainer.device=auto  auto (CUDA when present, else CPU) | cpu | cuda | cuda:N" in out
+    assert "early_stopping.patience=null" in out and "epochs without improvement before stopping" in out
+
+
+@pytest.mark.parametrize("command, own", [("lr-find", "lr_find.steps=200  one batch per step"),
+                                          ("check-data", "strict=false")])
+def test_lr_find_and_check_data_help_name_their_own_keys_and_point_to_trains(command, own, capsys):
+    assert run_in_process(command, "--help") == 0
+    out = capsys.readouterr().out
+    assert own in out and "`nettrain train --help` lists them" in out and "model.hidden" not in out
