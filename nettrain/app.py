@@ -21,8 +21,16 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from nettrain.config import (absolute, absolute_paths, check_added_keys, check_targets, monitor_mode, note_swept_keys,
-                             register_resolvers, validate)
+from nettrain.config import (
+    absolute,
+    absolute_paths,
+    check_added_keys,
+    check_targets,
+    monitor_mode,
+    note_swept_keys,
+    register_resolvers,
+    validate,
+)
 from nettrain.errors import UserError, invalid, os_error_line
 from nettrain.overrides import quote_paths
 from nettrain.suggest import explain, nearest
