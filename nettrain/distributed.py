@@ -98,6 +98,33 @@ def any_rank(flag: bool, rt: Runtime) -> bool:
     return bool(t.item())
 
 
+class StopVote:
+    """Whether any rank was asked to stop (a signal), agreed by every rank at the same step, checked every step
+    without a rank ever waiting for another: a step's vote travels in the background on the CPU (gloo, never
+    the GPU's queue) and is read one step later, when it has long arrived. One process: the answer at once."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.pending: tuple[Any, torch.Tensor] | None = None
+
+    def __call__(self, asked: bool) -> bool:
+        if not self.rt.distributed:
+            return asked
+        agreed = self.close()
+        flag = torch.tensor([float(asked)])
+        self.pending = (dist.all_reduce(flag, async_op=True), flag)
+        return agreed
+
+    def close(self) -> bool:
+        """The last vote's outcome (False when none is out): every rank's, before any other collective."""
+        if self.pending is None:
+            return False
+        work, flag = self.pending
+        work.wait()
+        self.pending = None
+        return bool(flag.item())
+
+
 def broadcast_buffers(model: nn.Module, rt: Runtime) -> None:
     """Rank 0's buffers (BatchNorm running statistics) on every rank: each rank's last training step
     updated its own, and validation and checkpoints must measure one model."""

@@ -163,6 +163,8 @@ def _launch_workers(job: dict[str, Any], run_dir: Path, devices: int, nodes: int
                 error = json.loads(user_error.read_text())
                 raise _user_error(error["message"], error["exit_code"]) from None
             rank, failure = e.get_first_failure()
+            if failure.exitcode in INTERRUPTED_EXIT and _recorded(run_dir).get("status") == "interrupted":
+                return {**_recorded(run_dir), "status": "interrupted", "signal": failure.exitcode - 128}
             if isinstance(failure.message, str):  # no traceback: killed by a signal (out of memory, ...)
                 message = failure.message
             else:
@@ -172,9 +174,20 @@ def _launch_workers(job: dict[str, Any], run_dir: Path, devices: int, nodes: int
         except SignalException as e:
             # The launcher passed the signal on and waited for the workers to stop and save a
             # checkpoint; rank 0's metrics.json says how the run ended.
-            record = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
-            return {"status": "interrupted", **record, "signal": int(e.sigval)}
+            return {"status": "interrupted", **_recorded(run_dir), "signal": int(e.sigval)}
     return results[min(results)]
+
+
+# The exit codes of a worker that stopped on SIGINT or SIGTERM after saving (128 + the signal).
+INTERRUPTED_EXIT = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
+def _recorded(run_dir: Path) -> dict[str, Any]:
+    """Rank 0's metrics.json: how the run ended, whatever became of its processes."""
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 @contextmanager
@@ -228,7 +241,7 @@ def _worker(job: dict[str, Any], logging_config: dict[str, Any] | None, user_err
 
     try:
         with distributed.process_group():
-            return _train(job)
+            result = _train(job)
     except UserError as e:
         # Exit non-zero so the launcher stops the other ranks; the launching process shows the
         # message in one line (the first rank to fail writes it).
@@ -238,6 +251,14 @@ def _worker(job: dict[str, Any], logging_config: dict[str, Any] | None, user_err
         except FileExistsError:
             pass
         raise SystemExit(e.exit_code) from None
+    if result["status"] == "interrupted":
+        # Saved and stopped: exit now. A worker that returns waits for the launcher to collect its result,
+        # and a launcher that was signalled itself never does: it would kill the worker only 30 s later.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + (result.get("signal") or signal.SIGINT))
+    return result
 
 
 def _train(job: dict[str, Any]) -> dict[str, Any]:

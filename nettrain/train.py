@@ -284,6 +284,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
             save_checkpoint(state, ckpt_dir / "last.pt")
 
     guard = DivergenceGuard(rt, t.divergence_factor)
+    vote = distributed.StopVote(rt)
     status, diverged_at, stopping = "completed", None, False
     samples_per_step = cfg.data.batch_size * rt.world_size
     # What the step reads, as plain values: a DictConfig lookup (~15 us) is a measurable part of a small model's step.
@@ -332,14 +333,13 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
                         break
                     if runlog is not None:
                         runlog.scalars({"loss/train_step": loss.item(), "lr": scheduler.get_last_lr()[0]}, progress.step)
-                # Ranks stop together: they agree on it (a collective, so under DDP only at log steps).
-                if not rt.distributed or progress.step % log_every == 0:
-                    stopping = distributed.any_rank(stop.signum is not None, rt)
-                    if stopping:
-                        break
+                stopping = vote(stop.signum is not None)  # every rank agrees, at the same step
+                if stopping:
+                    break
                 if ckpt_every and progress.step % ckpt_every == 0:
                     save_last()
             steps.close()
+            stopping = vote.close() or stopping  # a vote still out is counted before any other collective
             diverged_at = diverged_at or guard.check()
             if diverged_at:
                 status = "diverged"

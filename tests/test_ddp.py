@@ -184,3 +184,30 @@ def test_a_multi_node_slurm_step_meets_on_its_first_node():
     assert cluster({})[:2] == (1, "localhost:0")
     assert first_host("gpu[07-09,12],cpu1") == "gpu07"
     assert first_host("node3,node4") == "node3"
+
+
+def test_ctrl_c_stops_a_data_parallel_run_within_the_epoch(tmp_path):
+    import json
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    # Epochs of 179 steps a rank, none of them a log step: the ranks must agree to stop without waiting for one.
+    proc = subprocess.Popen([sys.executable, "-m", "nettrain", "train", "trainer.devices=2", "data.batch_size=4",
+                             "trainer.max_epochs=5", "trainer.log_every_n_steps=1000",
+                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads((run_dir / "metrics.json").read_text())["epochs"] >= 1:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the launcher and every worker
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    progress = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["progress"]
+    assert progress["epoch"] == 1 and 0 < progress["batch"] < 179, progress  # saved inside epoch 2
+    assert metrics(run_dir)["status"] == "interrupted"
