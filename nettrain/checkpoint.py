@@ -141,7 +141,7 @@ def _refuse_other_formats(file: Path) -> None:
     if head[:1] == PICKLE_MAGIC:
         raise UserError(f"refusing to load {file}: it is a raw pickle, not a nettrain checkpoint (those are torch's zip "
                         f"format); unpickling it could run any code it holds")
-    raise UserError(f"cannot load {file}: not a nettrain checkpoint ({'empty' if not head else 'another format'})")
+    raise UserError(f"cannot load {file}: not a complete checkpoint ({'an empty file' if not head else 'truncated or another format'})")
 
 
 def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], file: str, what: str) -> None:

@@ -366,6 +366,8 @@ def check_target_modules(cfg: Any) -> None:
     """Refuse a `_target_` naming a function of Python's system modules (os.system, builtins.eval, ...)."""
     for key, target in find_targets(cfg):
         parts = str(target).split(".")
+        if len(parts) < 2:
+            continue  # not an import path at all: the rule for _target_ says so
         for i in range(len(parts), 0, -1):
             if ".".join(parts[:i]) in SYSTEM_MODULES:
                 raise UserError(f"refusing {key}={target}: it is in Python's {'.'.join(parts[:i])} module, "
