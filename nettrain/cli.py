@@ -1,5 +1,5 @@
-"""`nettrain` entrypoint: dispatches subcommands. Imports nothing heavy, so `--help` and config
-errors answer at once; each subcommand imports torch only when it has work to do."""
+"""`nettrain` entrypoint: dispatches subcommands, one module of nettrain.commands each. Imports nothing heavy, so
+`--help` and config errors answer at once; each subcommand imports torch only when it has work to do."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from nettrain import __version__
 
 # name -> (module:function taking argv and returning an exit code, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("nettrain.app:train_main", "train a model: key=value overrides, +experiment=NAME, -m sweeps"),
-    "eval": ("nettrain.evaluate:main", "a checkpoint's loss, accuracy, per-class metrics, confusion matrix"),
-    "predict": ("nettrain.predict:main", "predict classes with probabilities for images, folders or CSV rows"),
-    "export": ("nettrain.export:main", "a checkpoint as ONNX or TorchScript, checked against PyTorch"),
-    "plot": ("nettrain.plot:main", "draw a run's train vs val loss and accuracy curves as a PNG"),
-    "lr-find": ("nettrain.app:lr_find_main", "learning-rate range test: suggests an lr for a train config"),
-    "runs": ("nettrain.runs:main", "list the runs under outputs/ with their status and best metrics"),
-    "check-data": ("nettrain.app:check_data_main", "report on a dataset: class balance, bad files, train/val leakage"),
+    "train": ("nettrain.commands.train:main", "train a model: key=value overrides, +experiment=NAME, -m sweeps"),
+    "eval": ("nettrain.commands.eval:main", "a checkpoint's loss, accuracy, per-class metrics, confusion matrix"),
+    "predict": ("nettrain.commands.predict:main", "predict classes with probabilities for images, folders or CSV rows"),
+    "export": ("nettrain.commands.export:main", "a checkpoint as ONNX or TorchScript, checked against PyTorch"),
+    "plot": ("nettrain.commands.plot:main", "draw a run's train vs val loss and accuracy curves as a PNG"),
+    "lr-find": ("nettrain.commands.lr_find:main", "learning-rate range test: suggests an lr for a train config"),
+    "runs": ("nettrain.commands.runs:main", "list the runs under outputs/ with their status and best metrics"),
+    "check-data": ("nettrain.commands.check_data:main", "report on a dataset: class balance, bad files, train/val leakage"),
 }
 
 USAGE = f"""usage: nettrain COMMAND [ARGS...]

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/bench.py --cases mlp_digits --rounds 9 --no-startup --no-ddp
 
 For each case, in this one process: the same model (nettrain's builders), data, batch size and
-precision, trained by `nettrain.train.fit` (its history's `train_samples_per_sec`) and by a minimal
+precision, trained by `nettrain.training.loop.fit` (its history's `train_samples_per_sec`) and by a minimal
 hand-written PyTorch loop, and by PyTorch Lightning's Trainer where it is installed; training
 samples/s, median over rounds that alternate them (so load on the machine hits all alike), the
 first epoch of every round being warm-up; a ratio is the median of the rounds' side-by-side ratios.
@@ -39,14 +39,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 import datagen  # noqa: E402  (the tests' data generators: MNIST/CIFAR files, image folders)
 from nettrain import runtime  # noqa: E402
-from nettrain.config import register_resolvers, validate  # noqa: E402
-from nettrain.data import DataContext, build_data  # noqa: E402
-from nettrain.launch import launch  # noqa: E402
-from nettrain.logs import console  # noqa: E402
-from nettrain.losses import build_loss  # noqa: E402
-from nettrain.models import build_model  # noqa: E402
-from nettrain.optim import build_optimizer  # noqa: E402
-from nettrain.train import fit  # noqa: E402
+from nettrain.config.resolvers import register_resolvers  # noqa: E402
+from nettrain.config.rules import validate  # noqa: E402
+from nettrain.data.base import DataContext  # noqa: E402
+from nettrain.data.build import build_data  # noqa: E402
+from nettrain.models.build import build_model  # noqa: E402
+from nettrain.models.losses import build_loss  # noqa: E402
+from nettrain.records.console import console  # noqa: E402
+from nettrain.training.launch import launch  # noqa: E402
+from nettrain.training.loop import fit  # noqa: E402
+from nettrain.training.optim import build_optimizer  # noqa: E402
 
 
 @dataclass
@@ -291,7 +293,7 @@ def startup_times(repeats: int, work: Path) -> list[dict[str, Any]]:
     nettrain = [sys.executable, "-m", "nettrain"]
     commands = {
         "python -c 'import torch'": [sys.executable, "-c", "import torch"],
-        "import nettrain.train": [sys.executable, "-c", "import nettrain.train"],
+        "import nettrain.training.loop": [sys.executable, "-c", "import nettrain.training.loop"],
         "nettrain --help": [*nettrain, "--help"],
         "nettrain train optimizer.lr=-1 (config error, exit 2)": [*nettrain, "train", "optimizer.lr=-1"],
         "nettrain train debug=fast (start-up, set-up, 2 batches)":

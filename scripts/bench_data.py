@@ -53,7 +53,7 @@ def make_folder(root: Path, images: int, size: int) -> Path:
 
 def small_cnn(channels: list[int], in_channels: int = 3, classes: int = 2) -> torch.nn.Module:
     from nettrain.data.spec import DataSpec
-    from nettrain.models import build_model
+    from nettrain.models.build import build_model
 
     cfg = OmegaConf.merge(OmegaConf.load(ROOT / "configs" / "model" / "cnn.yaml"), {"channels": channels})
     model = build_model(cfg, DataSpec(input_shape=[in_channels, 64, 64], num_classes=classes, class_names=[]))
@@ -83,7 +83,8 @@ def loader_epoch(batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor
 
 def nettrain_data(root: Path, cache_dir: Path | None, size: int, batch: int, workers: int):
     """nettrain's image-folder data: cached in cache_dir, or (None) decoded on the fly."""
-    from nettrain.data import DataContext, build_data
+    from nettrain.data.base import DataContext
+    from nettrain.data.build import build_data
 
     cfg = OmegaConf.merge(OmegaConf.load(ROOT / "configs" / "data" / "imagefolder.yaml"),
                           {"root": str(root), "image_size": size, "batch_size": batch, "num_workers": workers,

@@ -20,8 +20,10 @@ import torch
 
 from conftest import history, metrics, nettrain, run_in_process, save_malicious_checkpoint, train
 from datagen import image_folder, machines_csv
-from nettrain import checkpoint as checkpoint_module
-from nettrain.checkpoint import load_checkpoint, save_checkpoint
+from nettrain import files as files_module
+from nettrain.files import WriteError
+from nettrain.records import checkpoint as checkpoint_module
+from nettrain.records.checkpoint import load_checkpoint, save_checkpoint
 
 SMALL = ["model.hidden=[32]", "trainer.log_every_n_steps=5"]
 
@@ -162,10 +164,10 @@ def test_a_disk_that_fills_mid_run_keeps_every_recorded_epoch(tmp_path, monkeypa
     def fills_up(state, *paths):
         calls.append(paths)
         if len(calls) == 3:  # epoch 3's checkpoint: the disk is full
-            raise checkpoint_module.CheckpointWriteError(f"could not write {paths[0]}: No space left on device")
+            raise WriteError(f"could not write {paths[0]}: No space left on device")
         real(state, *paths)
 
-    monkeypatch.setattr("nettrain.train.save_checkpoint", fills_up)
+    monkeypatch.setattr("nettrain.training.checkpoints.save_checkpoint", fills_up)
     run_dir = tmp_path / "run"
     assert run_in_process("train", f"hydra.run.dir={run_dir}", "trainer.max_epochs=4", *SMALL) == 1
 
@@ -208,11 +210,11 @@ def test_a_kill_at_any_rename_is_repaired_on_resume(tmp_path, monkeypatch, unint
             raise Killed
         real(src, dst)
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", replace)
+    monkeypatch.setattr(files_module.os, "replace", replace)
     run_dir = tmp_path / "run"
     with pytest.raises(Killed):
         run_in_process("train", f"hydra.run.dir={run_dir}", "trainer.max_epochs=3", "checkpoint.save_top_k=2", *SMALL)
-    monkeypatch.setattr(checkpoint_module.os, "replace", real)
+    monkeypatch.setattr(files_module.os, "replace", real)
 
     assert run_in_process("train", f"resume={run_dir}") == 0
 
@@ -271,8 +273,8 @@ def test_checkpoints_turning_read_only_mid_run_is_one_line(tmp_path, monkeypatch
         if self.exists() or not missing_ok:
             raise PermissionError(13, "Permission denied", str(self))
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", read_only)
-    monkeypatch.setattr(checkpoint_module.Path, "unlink", unlink)
+    monkeypatch.setattr(files_module.os, "replace", read_only)
+    monkeypatch.setattr(files_module.Path, "unlink", unlink)
     assert run_in_process("train", f"hydra.run.dir={tmp_path / 'run'}", "trainer.max_epochs=3", *SMALL) == 1
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Permission denied" in err
@@ -375,10 +377,10 @@ def test_options_for_a_target_may_still_be_added(tmp_path):
 def test_a_ctrl_c_after_the_loop_let_go_of_it_is_exit_130_not_a_traceback(tmp_path, monkeypatch):
     """A second Ctrl-C that lands once the loop has handed SIGINT back to Python (while the run closes
     its records) arrives as KeyboardInterrupt: the same exit 130 and interrupted status as one in the loop."""
-    import nettrain.launch
+    import nettrain.commands.train
 
     run_dir = train(tmp_path, "trainer.max_epochs=1")
-    monkeypatch.setattr(nettrain.launch, "launch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(nettrain.commands.train, "launch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert run_in_process("train", f"resume={run_dir}", "trainer.max_epochs=2") == 130
     assert metrics(run_dir)["status"] == "interrupted"
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import metrics, run_in_process, save_malicious_checkpoint, train
-from nettrain.checkpoint import load_checkpoint, save_checkpoint
 from nettrain.errors import UserError
+from nettrain.records.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_a_malicious_checkpoint_is_refused_and_never_runs(tmp_path, capfd):
@@ -45,7 +45,7 @@ def test_truncated_and_foreign_files_are_refused_in_one_line(tmp_path):
 
 SAVER = """
 import sys, torch
-from nettrain.checkpoint import save_checkpoint
+from nettrain.records.checkpoint import save_checkpoint
 state = {"model": {"w": torch.randn(1_000_000)}}
 print("ready", flush=True)
 i = 0
@@ -78,7 +78,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint_and_stops_clearly(tmp_path
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real_replace(src, dst)
 
-    monkeypatch.setattr("nettrain.checkpoint.os.replace", disk_full_on_second_last_pt)
+    monkeypatch.setattr("nettrain.files.os.replace", disk_full_on_second_last_pt)
     run_dir = tmp_path / "run"
     assert run_in_process("train", f"hydra.run.dir={run_dir}", "trainer.max_epochs=3") == 1
 

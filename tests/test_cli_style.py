@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import run_in_process
-from nettrain.overrides import quote_paths
+from nettrain.config.overrides import quote_paths
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from conftest import metrics, nettrain, run_in_process, train
-from nettrain.config import register_resolvers, validate
+from nettrain.config.resolvers import register_resolvers
+from nettrain.config.rules import validate
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 GROUPS = {g: sorted(p.stem for p in (CONFIGS / g).glob("*.yaml"))

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import metrics, run_in_process, train
 from datagen import CIFAR_CLASSES, cifar10_files, mnist_files
-from nettrain.data import DataContext, build_data
+from nettrain.data.base import DataContext
+from nettrain.data.build import build_data
 from nettrain.data.loaders import StreamLoader, TensorLoader
 from nettrain.errors import UserError
 

@@ -13,10 +13,11 @@ from omegaconf import OmegaConf
 
 from conftest import metrics, run_in_process, train
 from datagen import machines_csv
-from nettrain.checkpoint import load_checkpoint
-from nettrain.data import DataContext, build_data
+from nettrain.data.base import DataContext
+from nettrain.data.build import build_data
 from nettrain.data.tabular import encode_rows
 from nettrain.errors import UserError
+from nettrain.records.checkpoint import load_checkpoint
 
 CONFIG = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "configs", "data", "csv.yaml"))
 

@@ -16,8 +16,8 @@ from conftest import metrics, nettrain, run_in_process, train
 from datagen import repeated_rows
 from nettrain.data.loaders import StreamLoader, TensorLoader, batch_plan
 from nettrain.data.spec import DataSpec
-from nettrain.launch import cluster, first_host
-from nettrain.models import build_model
+from nettrain.models.build import build_model
+from nettrain.training.launch import cluster, first_host
 
 # Dropout off: each rank draws its own masks, which cannot equal a single process's.
 RUN = ["trainer.max_epochs=3", "model.dropout=0"]

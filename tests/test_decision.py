@@ -16,9 +16,9 @@ import torch
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 from conftest import history, metrics, run_in_process, train
-from nettrain.config import monitor_mode
-from nettrain.decision import Decision, best_threshold, positive_index, precision_recall_f1, predict
-from nettrain.logs import epoch_line
+from nettrain.config.rules import monitor_mode
+from nettrain.inference.decision import Decision, best_threshold, positive_index, precision_recall_f1, predict
+from nettrain.records.console import epoch_line
 
 # 480 train / 120 val rows, 30 steps an epoch: a model that finds the rule but, early on, too few failures.
 RUN = ["data=csv", "data.target=state", "data.batch_size=16", "trainer.max_epochs=3"]
@@ -103,8 +103,8 @@ def test_checkpoints_carry_their_epochs_threshold_and_eval_decides_with_it(auto_
     (tp, fn), (fp, tn) = result["confusion_matrix"]
     assert result["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn)) and result["accuracy"] == (tp + tn) / 120
 
-    # Independently of nettrain.decision: scikit-learn on the model's outputs at the stored threshold.
-    from nettrain.evaluate import evaluate_checkpoint
+    # Independently of nettrain.inference.decision: scikit-learn on the model's outputs at the stored threshold.
+    from nettrain.evaluation.checkpoint import evaluate_checkpoint
 
     e = evaluate_checkpoint(ckpts / "best.pt", device="cpu")
     chosen = (e.outputs.softmax(-1)[:, 0].double() >= best["val_threshold"]).numpy()
@@ -128,7 +128,7 @@ def test_a_fixed_threshold_is_used_as_given_by_training_predict_and_export(fixed
     assert all(r["val_threshold"] == 0.3 for r in metrics(fixed_run)["history"])
     assert decision_of(fixed_run / "checkpoints" / "best.pt")["threshold"] == 0.3
 
-    from nettrain.predict import predict as predict_inputs
+    from nettrain.inference.predict import predict as predict_inputs
 
     results = predict_inputs(fixed_run, csv, device="cpu")
     assert results.threshold == 0.3
@@ -136,7 +136,7 @@ def test_a_fixed_threshold_is_used_as_given_by_training_predict_and_export(fixed
     assert all((c == "failure") == (p >= 0.3) for p, c in chances)
     assert any(0.3 <= p < 0.5 for p, _ in chances)  # rows argmax would call "ok" are called "failure"
 
-    from nettrain.export import export_checkpoint
+    from nettrain.export.formats import export_checkpoint
 
     _, info = export_checkpoint(fixed_run, "torchscript")
     assert info["decision"]["threshold"] == 0.3 and info["decision"]["positive_class"] == "failure"
@@ -172,7 +172,7 @@ def test_a_balanced_binary_task_decides_by_argmax(tmp_path):
 def test_resume_after_an_interruption_replays_the_thresholds(tmp_path, csv, auto_run, monkeypatch):
     """Ctrl-C at step 40 (inside epoch 2), then resume: the history, thresholds included, and the weights
     are the uninterrupted run's."""
-    from nettrain.train import DivergenceGuard
+    from nettrain.training.guards import DivergenceGuard
 
     update = DivergenceGuard.update
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import metrics, run_in_process, save_malicious_checkpoint, train
-from nettrain.evaluate import regression_metrics
+from nettrain.evaluation.scores import regression_metrics
 
 
 @pytest.fixture(scope="module")

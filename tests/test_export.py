@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-import nettrain.export
+import nettrain.export.formats
 from conftest import run_in_process, train
-from nettrain.inference import load_model
+from nettrain.inference.load import load_model
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_torchscript_export_loads_and_matches(run_dir, tmp_path):
 
 
 def test_an_export_that_fails_the_check_writes_nothing_and_exits_1(run_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(nettrain.export, "TOLERANCE", -1.0)  # no export can pass
+    monkeypatch.setattr(nettrain.export.formats, "TOLERANCE", -1.0)  # no export can pass
     assert run_in_process("export", f"ckpt={run_dir}", "format=torchscript", f"output={tmp_path}") == 1
     assert "does not match the PyTorch model: max abs diff" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

@@ -11,12 +11,12 @@ import torchvision
 from omegaconf import OmegaConf
 
 from conftest import metrics, run_in_process, train
-from nettrain.checkpoint import load_checkpoint
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError
-from nettrain.finetune import adapt_stem, prepare
-from nettrain.models import build_model
-from nettrain.optim import build_optimizer
+from nettrain.models.build import build_model
+from nettrain.models.weights import adapt_stem, prepare
+from nettrain.records.checkpoint import load_checkpoint
+from nettrain.training.optim import build_optimizer
 
 # Only two training batches: from scratch that is far from the source run's accuracy.
 SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=2"]

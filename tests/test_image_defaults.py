@@ -14,10 +14,11 @@ from PIL import Image
 
 from conftest import metrics, run_in_process, train
 from datagen import image_folder
-from nettrain.checkpoint import load_checkpoint
-from nettrain.data import DataContext, build_data
 from nettrain.data.augment import image_batch_transform
-from nettrain.models import before_data
+from nettrain.data.base import DataContext
+from nettrain.data.build import build_data
+from nettrain.models.build import before_data
+from nettrain.records.checkpoint import load_checkpoint
 
 CONFIG = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "configs", "data", "imagefolder.yaml"))
 

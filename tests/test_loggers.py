@@ -119,7 +119,7 @@ def test_tensorboard_hparams_are_the_user_choices_and_the_status_is_true(tmp_pat
 
 
 def test_the_regression_layout_shows_rmse(tmp_path):
-    from nettrain.loggers import tb_layout
+    from nettrain.records.loggers import tb_layout
 
     charts = tb_layout("regression")["curves"]
     assert charts["rmse (train vs val)"] == ["Multiline", ["rmse/train", "rmse/val"]]

@@ -12,7 +12,7 @@ import torch
 
 from conftest import history, metrics, nettrain, run_in_process, train
 from datagen import repeated_rows
-from nettrain.inference import load_model
+from nettrain.inference.load import load_model
 from nettrain.models.memory import Memory
 
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from nettrain.config.registry import MODELS
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError
-from nettrain.models import MODELS, build_model
+from nettrain.models.build import build_model
 
 CONFIGS = {name: OmegaConf.load(f"{__import__('pathlib').Path(__file__).parents[1]}/configs/model/{name}.yaml")
            for name in MODELS}

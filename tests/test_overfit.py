@@ -3,7 +3,7 @@ three-rises-in-a-row rule fired wrongly or stayed silent."""
 
 from __future__ import annotations
 
-from nettrain.overfit import memorizing
+from nettrain.training.overfit import memorizing
 
 
 def history(train_loss, val_loss, train_acc=None, val_acc=None):

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import FAST, metrics, run_in_process, train
-from nettrain.plot import curves_figure
+from nettrain.records.figures import curves_figure
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_plot_of_a_regression_run_shows_rmse():
 
 
 def test_the_title_is_the_runs_name_and_a_sweep_job_dir_works(tmp_path):
-    from nettrain.plot import run_title
+    from nettrain.records.figures import run_title
 
     sweep = tmp_path / "sweep"
     assert run_in_process("train", "-m", "optimizer.lr=0.01", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}") == 0

@@ -13,9 +13,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import run_in_process, save_malicious_checkpoint, train
-from nettrain.checkpoint import load_checkpoint
-from nettrain.data import DataContext, build_data
-from nettrain.evaluate import evaluate_checkpoint
+from nettrain.data.base import DataContext
+from nettrain.data.build import build_data
+from nettrain.evaluation.checkpoint import evaluate_checkpoint
+from nettrain.records.checkpoint import load_checkpoint
 
 SAMPLES = 40
 

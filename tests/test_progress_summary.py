@@ -12,10 +12,10 @@ from rich.progress import Progress, TextColumn
 
 from conftest import FAST, metrics, train
 from nettrain.data.spec import DataSpec
-from nettrain.logs import StepBar, epoch_line, final_summary, labelled
-from nettrain.metrics import RunningTotals
-from nettrain.models import build_model
-from nettrain.summary import layers_table, model_summary, startup_lines
+from nettrain.evaluation.metrics import RunningTotals
+from nettrain.models.build import build_model
+from nettrain.records.console import StepBar, epoch_line, final_summary, labelled, layers_table, startup_lines
+from nettrain.training.summary import model_summary
 
 
 class FakeClock:
@@ -140,7 +140,7 @@ def test_the_start_up_summary_is_shown_and_recorded_in_metrics_json(tmp_path, ca
 
 
 def test_the_bar_fits_80_columns():
-    from nettrain.logs import make_progress
+    from nettrain.records.console import make_progress
 
     out = terminal()
     clock = FakeClock()

@@ -14,13 +14,13 @@ from torch import nn
 
 from conftest import metrics, run_in_process, train
 from datagen import image_folder, machines_csv
-from nettrain.checkpoint import load_checkpoint, save_checkpoint
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError
-from nettrain.finetune import prepare
-from nettrain.models import build_model
+from nettrain.models.build import build_model
 from nettrain.models.tta import FlipAverage, with_tta
-from nettrain.optim import build_optimizer
+from nettrain.models.weights import prepare
+from nettrain.records.checkpoint import load_checkpoint, save_checkpoint
+from nettrain.training.optim import build_optimizer
 
 IMAGES = DataSpec(input_shape=[3, 8, 8], num_classes=2, class_names=["cat", "dog"],
                   preprocessing={"kind": "image", "image_size": 8, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3})
@@ -173,9 +173,10 @@ def _best_model(run_dir):
 
 
 def test_validation_measures_the_mean_over_the_mirror(flip_run):
-    from nettrain.data import DataContext, build_data
-    from nettrain.losses import build_loss
-    from nettrain.metrics import evaluate
+    from nettrain.data.base import DataContext
+    from nettrain.data.build import build_data
+    from nettrain.evaluation.metrics import evaluate
+    from nettrain.models.losses import build_loss
 
     run_dir, _ = flip_run
     model, ckpt = _best_model(run_dir)
@@ -218,7 +219,7 @@ def test_eval_and_predict_apply_the_checkpoints_flip(flip_run, capsys):
 def test_pretrained_imagenet_offline_fails_before_the_data_is_read(tmp_path, monkeypatch, capsys):
     import urllib.error
 
-    import nettrain.train
+    import nettrain.training.loop
 
     def offline(url, *args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
@@ -226,7 +227,7 @@ def test_pretrained_imagenet_offline_fails_before_the_data_is_read(tmp_path, mon
     built = []
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    monkeypatch.setattr(nettrain.train, "build_data", lambda *a, **k: built.append(a))
+    monkeypatch.setattr(nettrain.training.loop, "build_data", lambda *a, **k: built.append(a))
     code = run_in_process("train", f"hydra.run.dir={tmp_path / 'run'}", "model=resnet18", "model.pretrained=imagenet")
     err = capsys.readouterr().err.strip()
     assert code == 2 and not built
@@ -235,7 +236,7 @@ def test_pretrained_imagenet_offline_fails_before_the_data_is_read(tmp_path, mon
 
 
 def test_pretrained_imagenet_is_fetched_into_the_hub_cache_before_the_data(tmp_path, monkeypatch):
-    import nettrain.train
+    import nettrain.training.loop
 
     order = []
 
@@ -249,7 +250,7 @@ def test_pretrained_imagenet_is_fetched_into_the_hub_cache_before_the_data(tmp_p
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", download)
-    monkeypatch.setattr(nettrain.train, "build_data", data)
+    monkeypatch.setattr(nettrain.training.loop, "build_data", data)
     for _ in range(2):  # the second run finds the file cached
         assert run_in_process("train", f"hydra.run.dir={tmp_path / 'run'}", "model=resnet18", "model.pretrained=imagenet") == 2
     assert order == [("download", "f37072fd"), ("data", None), ("data", None)]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import metrics, train
 from datagen import image_folder, machines_csv
-from nettrain.checkpoint import load_checkpoint
+from nettrain.records.checkpoint import load_checkpoint
 
 SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.batch_size=4"]
 

@@ -99,7 +99,8 @@ def test_the_runs_table_fits_80_columns_with_whole_headers_and_values(outputs):
 
     from rich.console import Console
 
-    from nettrain.runs import find_runs, runs_table
+    from nettrain.commands.runs import runs_table
+    from nettrain.records.runs import find_runs
 
     out = Console(file=io.StringIO(), width=80, color_system=None)
     out.print(runs_table(find_runs(outputs["root"]), outputs["root"], width=80))

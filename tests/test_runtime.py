@@ -66,7 +66,7 @@ def test_fp16_is_refused_on_the_cpu_in_one_line():
 
 
 def test_inference_loads_onto_an_indexed_gpu(fake_cuda, monkeypatch, digits_run):
-    from nettrain import inference
+    from nettrain.inference import load as inference
 
     moved = []
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append(a[0]) or self)

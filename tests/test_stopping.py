@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import metrics, run_in_process
-from nettrain.checkpoint import load_checkpoint
+from nettrain.records.checkpoint import load_checkpoint
 
 
 def test_a_learning_rate_too_high_stops_with_a_clear_message(tmp_path, capfd):

@@ -92,8 +92,7 @@ def test_a_job_with_a_bad_value_fails_alone(tmp_path):
 
 def test_summary_reads_the_jobs_so_any_launcher_gets_the_exit_code(tmp_path):
     """Jobs a parallel launcher ran in other processes set no exit code here: the summary does."""
-    from nettrain import app
-    from nettrain.sweep import SweepSummary
+    from nettrain.commands.sweep_summary import SweepSummary
 
     sweep = tmp_path / "sweep"
     jobs = {"0_lr=0.1": {"status": "completed", "epochs": 2, "best_epoch": 2, "best": {"val_loss": 0.5, "val_accuracy": 0.8}},
@@ -107,11 +106,10 @@ def test_summary_reads_the_jobs_so_any_launcher_gets_the_exit_code(tmp_path):
             (sweep / name / "metrics.json").write_text(json.dumps(record))
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}, "job": {"config_name": "train"}},
                                "early_stopping": {"monitor": "val_accuracy", "mode": "auto"}})
-    app._outcome["exit"] = 0
+    with pytest.raises(SystemExit) as ended:
+        SweepSummary().on_multirun_end(config)
 
-    SweepSummary().on_multirun_end(config)
-
-    assert app._outcome["exit"] == 1
+    assert ended.value.code == 1
     rows = summary(sweep)
     assert [r["job"] for r in rows] == ["1_lr=0.01", "0_lr=0.1", "2_lr=1", "3_lr=10"]  # val_accuracy, highest first
     assert [r["status"] for r in rows] == ["stopped_early", "completed", "running", "no result"]
@@ -212,7 +210,7 @@ def test_optuna_search_optimizes_the_monitored_metric_and_survives_a_failed_tria
 def test_optuna_direction_follows_the_monitored_metric(monitor, direction):
     from hydra import compose, initialize_config_module
 
-    from nettrain.config import register_resolvers
+    from nettrain.config.resolvers import register_resolvers
 
     register_resolvers()
     with initialize_config_module("nettrain.configs", version_base="1.3"):
@@ -261,7 +259,7 @@ def test_run_and_job_dirs_never_collide(capsys):
 
 
 def test_job_dirs_are_numbered_and_named_by_what_they_sweep(tmp_path, monkeypatch):
-    from nettrain.config import SWEPT_KEYS, _job_dir
+    from nettrain.config.resolvers import SWEPT_KEYS, _job_dir
 
     job = OmegaConf.create({"hydra": {"job": {"num": 3, "override_dirname": "model.hidden=[8],optimizer.lr=0.1"},
                                       "sweep": {"dir": str(tmp_path)}, "sweeper": {"params": {"model.dropout": "x"}},

@@ -15,10 +15,11 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import metrics, run_in_process, train
-from nettrain.checkpoint import load_checkpoint
-from nettrain.data import DataContext, build_data
+from nettrain.data.base import DataContext
+from nettrain.data.build import build_data
 from nettrain.errors import UserError
-from nettrain.models import build_model
+from nettrain.models.build import build_model
+from nettrain.records.checkpoint import load_checkpoint
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 DATA = OmegaConf.load(CONFIGS / "data" / "text.yaml")

@@ -35,7 +35,7 @@ def test_tensorboard_has_train_and_val_curves(tmp_path):
 
 
 def test_relative_paths_are_read_from_where_the_user_ran_and_recorded_absolute(tmp_path):
-    from nettrain.checkpoint import load_checkpoint
+    from nettrain.records.checkpoint import load_checkpoint
 
     source = train(tmp_path, *FAST, name="source")
     run_dir = train(tmp_path, *FAST, "model.init_from=source", name="tuned")  # relative to tmp_path, the cwd

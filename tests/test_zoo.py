@@ -15,10 +15,10 @@ from conftest import run_in_process, train
 from datagen import image_folder
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError
-from nettrain.export import export_checkpoint
-from nettrain.finetune import prepare
-from nettrain.models import before_data, build_model
-from nettrain.optim import build_optimizer
+from nettrain.export.formats import export_checkpoint
+from nettrain.models.build import before_data, build_model
+from nettrain.models.weights import prepare
+from nettrain.training.optim import build_optimizer
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 TINY = ["data.batch_size=2", "data.num_workers=0", "debug=fast", "trainer.limit_val_batches=1"]

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from nettrain.checkpoint import CheckpointWriteError, atomic_write_bytes
 from nettrain.data.transforms import BadImageError, decode
 from nettrain.errors import invalid
+from nettrain.files import WriteError, atomic_write_bytes
 
 log = logging.getLogger("nettrain")
 
@@ -38,7 +38,7 @@ def decode_each(files: Sequence[Path], image_size: int, channels: int, descripti
                 ) -> Iterator[tuple[int, Tensor | BadImageError]]:
     """(index, uint8 image or the error) for every file, decoded on a thread per core (Pillow
     releases the GIL while decoding and resizing), with a progress bar on a terminal."""
-    from nettrain.logs import step_bar
+    from nettrain.records.console import step_bar
     from nettrain.runtime import available_cores
 
     def one(path: Path) -> Tensor | BadImageError:
@@ -112,7 +112,7 @@ def cached_images(files: Sequence[Path], *, root: Path, name: str, image_size: i
     torch.save({"format": FORMAT, "images": images, "bad": {str(k): v for k, v in bad.items()}}, buffer)
     try:
         atomic_write_bytes(buffer.getvalue(), path)
-    except CheckpointWriteError as e:
+    except WriteError as e:
         raise invalid("data.cache_dir", str(cache_dir), f"cannot write the image cache there ({e})") from None
     for stale in cache_dir.glob(f"{prefix}*.pt"):
         if stale != path:

@@ -24,15 +24,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset, Subset
 
-from nettrain.config import OWN_KEYS
-from nettrain.data import Data, DataContext
+from nettrain.config.registry import DATA
+from nettrain.config.user_code import instantiate
+from nettrain.data.base import Data, DataContext
 from nettrain.data.loaders import StreamLoader
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError, invalid
-from nettrain.targets import instantiate
 
 # nettrain's own data keys: never passed to the user's callable.
-NETTRAIN_KEYS = OWN_KEYS["data"]
+NETTRAIN_KEYS = DATA.user_keys
 
 
 def build(cfg: DictConfig, ctx: DataContext) -> Data:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from nettrain.data import Data, DataContext
+from nettrain.data.base import Data, DataContext
 from nettrain.data.loaders import TensorLoader
 from nettrain.data.spec import DataSpec
 

@@ -30,9 +30,10 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from nettrain.config import absolute
-from nettrain.data import Data, DataContext, files_fingerprint, image_defaults, tensor_loader
+from nettrain.config.rules import absolute
+from nettrain.data import image_defaults
 from nettrain.data.augment import image_batch_transform
+from nettrain.data.base import Data, DataContext, files_fingerprint, tensor_loader
 from nettrain.data.cache import cached_images, check_fits, decode_each, default_cache_dir
 from nettrain.data.labels import balanced_weights, split_indices
 from nettrain.data.loaders import EpochReport, Loader, StreamLoader

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from nettrain.config import absolute
-from nettrain.data import Data, DataContext, tensor_loader
+from nettrain.config.rules import absolute
 from nettrain.data.augment import image_batch_transform
+from nettrain.data.base import Data, DataContext, tensor_loader
 from nettrain.data.image_defaults import auto_augment
 from nettrain.data.labels import balanced_weights, split_indices
 from nettrain.data.spec import DataSpec

@@ -26,8 +26,8 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from nettrain.config import absolute
-from nettrain.data import Data, DataContext, files_fingerprint, tensor_loader
+from nettrain.config.rules import absolute
+from nettrain.data.base import Data, DataContext, files_fingerprint, tensor_loader
 from nettrain.data.labels import balanced_weights, split_indices
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError, invalid

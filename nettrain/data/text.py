@@ -35,8 +35,8 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from nettrain.config import absolute
-from nettrain.data import Data, DataContext
+from nettrain.config.rules import absolute
+from nettrain.data.base import Data, DataContext
 from nettrain.data.labels import balanced_weights, split_indices
 from nettrain.data.loaders import TextLoader
 from nettrain.data.spec import DataSpec
@@ -248,7 +248,7 @@ def load_tokenizer(source: str) -> tuple[Any, int | None]:
         except Exception as e:  # noqa: BLE001 - the Rust side raises plain Exceptions
             raise invalid("data.tokenizer", source, f"not a tokenizers JSON file ({str(e).splitlines()[0][:200]})") from None
     if path.is_file() and path.suffix == ".pt" or (path / "checkpoints").is_dir():
-        from nettrain.checkpoint import load_checkpoint
+        from nettrain.records.checkpoint import load_checkpoint
 
         preprocessing = load_checkpoint(str(path))["spec"].get("preprocessing", {})
         if preprocessing.get("kind") != "text":

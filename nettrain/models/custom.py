@@ -17,13 +17,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from nettrain.config import OWN_KEYS
+from nettrain.config.registry import MODELS
+from nettrain.config.user_code import instantiate
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError
-from nettrain.targets import instantiate
 
 # nettrain's own model keys: read by nettrain (fine-tuning), never passed to the user's callable.
-NETTRAIN_KEYS = OWN_KEYS["model"]
+NETTRAIN_KEYS = MODELS.user_keys
 
 
 def data_arguments(spec: DataSpec) -> dict[str, Any]:

@@ -10,12 +10,13 @@ its weights, so predict and export need neither the folder nor the network.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from nettrain.config import absolute
+from nettrain.config.paths import absolute
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError, invalid
 from nettrain.models.net import Net
@@ -36,7 +37,7 @@ class HFEncoder(nn.Module):
 
 
 def _transformers() -> Any:
-    try:
+    try:  # transformers: an optional extra (nettrain[hf])
         import transformers
     except ImportError:
         raise UserError("model=hf needs the transformers package: pip install 'nettrain[hf]'") from None
@@ -65,13 +66,11 @@ def load_encoder(cfg: DictConfig) -> nn.Module:
 
 
 def _is_local(name: str) -> bool:
-    import os
-
     return os.path.exists(absolute(name))
 
 
 def hf(cfg: DictConfig, spec: DataSpec) -> Net:
-    _, _, pad_id = text_shape(spec, "hf")
+    _, _, pad_id = text_shape(spec)
     model = load_encoder(cfg)
     if spec.preprocessing["vocab_size"] > model.get_input_embeddings().num_embeddings:
         raise UserError(f"model.encoder={cfg.encoder} has {model.get_input_embeddings().num_embeddings} token embeddings, "

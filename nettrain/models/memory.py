@@ -120,3 +120,45 @@ def memory_of(model: nn.Module) -> Memory | None:
     """The model's memory of rows, if it has one (a user's own model may call something else `memory`)."""
     memory = getattr(model, "memory", None)
     return memory if isinstance(memory, Memory) else None
+
+
+# What the rest of nettrain asks of a model's memory, one function each: nothing else reaches into it.
+
+def remember_training_rows(model: nn.Module, rows: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """Fill the model's memory (if it has one) with the training split's rows and targets."""
+    memory = memory_of(model)
+    if memory is None:
+        return
+    if rows is None:
+        raise UserError("invalid model.memory=True: it remembers the rows of a table (data=csv), and this data has "
+                        "none; allowed: false")
+    memory.remember(*rows)
+
+
+def remembered_rows(model: nn.Module) -> int | None:
+    """How many rows the model remembers (None: it has no memory), for the start-up summary."""
+    memory = memory_of(model)
+    return len(memory.rows) if memory is not None else None
+
+
+def data_buffers(model: nn.Module) -> list[str]:
+    """The names of the model's buffers that are data, not learned: every data-parallel rank fills them
+    alike, so none is broadcast (a memory's rows are up to 80 MB)."""
+    return [f"{name}.{buffer}" for name, module in model.named_modules() if isinstance(module, Memory)
+            for buffer in DATA_BUFFERS]
+
+
+def with_own_memory(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """A checkpoint's weights `state` for fine-tuning `model`, with the model's own memory in place of the
+    source's, and what became of it (for the log). A memory's rows are the source's data, not something it
+    learned: this run remembers its own; the learned scale and width carry over when both have a memory, and
+    the network transfers whether either has one."""
+    had, mine = "memory.rows" in state, memory_of(model)
+    if not had and mine is None:
+        return state, ""
+    network = {k: v for k, v in state.items() if not k.startswith("memory.")}
+    if mine is None:
+        return network, "; its memory of rows is left (model.memory=false)"
+    kept = {k: state[k] for k in ("memory.log_scale", "memory.log_width") if k in state}
+    memory = {f"memory.{k}": v for k, v in mine.state_dict().items()} | kept
+    return network | memory, "" if had else "; the memory (model.memory=true) starts afresh"

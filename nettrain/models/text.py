@@ -16,11 +16,9 @@ from nettrain.errors import invalid
 from nettrain.models.net import Net
 
 
-def text_shape(spec: DataSpec, name: str) -> tuple[int, int, int]:
-    """(vocabulary size, longest sequence, pad id) of text data; a clear error for other data."""
+def text_shape(spec: DataSpec) -> tuple[int, int, int]:
+    """(vocabulary size, longest sequence, pad id) of text data (models.build has checked that it is text)."""
     pre = spec.preprocessing
-    if pre.get("kind") != "text":
-        raise invalid("model", name, f"needs text (data=text), but the data is {pre.get('kind') or spec.input_shape}")
     return pre["vocab_size"], spec.input_shape[0], pre["pad_id"]
 
 
@@ -78,7 +76,7 @@ class BagOfNgrams(nn.Module):
 
 
 def transformer(cfg: DictConfig, spec: DataSpec) -> Net:
-    vocab_size, max_length, pad_id = text_shape(spec, "transformer")
+    vocab_size, max_length, pad_id = text_shape(spec)
     if cfg.dim % cfg.heads:
         raise invalid("model.heads", cfg.heads, f"must divide model.dim={cfg.dim}")
     backbone = TransformerEncoder(vocab_size, max_length, pad_id, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads,
@@ -87,6 +85,6 @@ def transformer(cfg: DictConfig, spec: DataSpec) -> Net:
 
 
 def bag(cfg: DictConfig, spec: DataSpec) -> Net:
-    vocab_size, _, pad_id = text_shape(spec, "bag")
+    vocab_size, _, pad_id = text_shape(spec)
     return Net(BagOfNgrams(vocab_size, pad_id, dim=cfg.dim, ngrams=cfg.ngrams, buckets=cfg.buckets),
                cfg.dim, spec.num_classes, cfg.dropout, convolutional=False)

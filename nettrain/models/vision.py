@@ -1,9 +1,11 @@
-"""Convolutional models for images: a small CNN and torchvision's ResNets, shaped by the data."""
+"""Convolutional models for images: a small CNN and torchvision's ResNets and Inceptions, shaped by the data
+(models.build has checked that the data is images)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torchvision
 from omegaconf import DictConfig
 from torch import nn
 
@@ -13,8 +15,6 @@ from nettrain.models.net import Net
 
 
 def cnn(cfg: DictConfig, spec: DataSpec) -> Net:
-    if not spec.is_image:
-        raise invalid("model", "cnn", f"needs image data, but the data has input shape {spec.input_shape}; use model=mlp")
     channels, size = spec.input_shape[0], min(spec.input_shape[1:])
     pool = nn.MaxPool2d if cfg.pool == "max" else nn.AvgPool2d
     layers: list[nn.Module] = []
@@ -32,10 +32,6 @@ def cnn(cfg: DictConfig, spec: DataSpec) -> Net:
 
 def _resnet(depth: int) -> Callable[[DictConfig, DataSpec], Net]:
     def build(cfg: DictConfig, spec: DataSpec) -> Net:
-        import torchvision
-
-        if not spec.is_image:
-            raise invalid("model", cfg.name, f"needs image data, but the data has input shape {spec.input_shape}; use model=mlp")
         net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
         channels, size = spec.input_shape[0], max(spec.input_shape[1:])
         if size <= 64:
@@ -69,10 +65,6 @@ def _inception(name: str) -> Callable[[DictConfig, DataSpec], Net]:
     stem, min_size = INCEPTIONS[name]
 
     def build(cfg: DictConfig, spec: DataSpec) -> Net:
-        import torchvision
-
-        if not spec.is_image:
-            raise invalid("model", name, f"needs image data, but the data has input shape {spec.input_shape}; use model=mlp")
         channels, size = spec.input_shape[0], min(spec.input_shape[1:])
         if size < min_size:
             raise invalid("model", name, f"needs images of at least {min_size} px, but the data has {size} px; "

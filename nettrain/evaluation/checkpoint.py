@@ -1,0 +1,97 @@
+"""A checkpoint's metrics on a split of its data: the data rebuilt from the checkpoint's own config (so the val
+split is the one training measured), the model from its spec and weights; `evaluation.metrics.evaluate`
+computes loss and accuracy exactly as validation did, `evaluation.scores` the per-class metrics and the
+confusion matrix, and a binary classifier decides as it did at the checkpoint's epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from torch import Tensor
+
+from nettrain.config.rules import validate
+from nettrain.config.user_code import confirm
+from nettrain.data.base import DataContext
+from nettrain.data.build import build_data
+from nettrain.data.spec import DataSpec
+from nettrain.errors import UserError, one_of
+from nettrain.evaluation.metrics import evaluate
+from nettrain.evaluation.scores import classification_metrics, regression_metrics
+from nettrain.inference.decision import Decision
+from nettrain.inference.load import CONFIRM_HOW, load_model
+from nettrain.models.losses import build_loss
+from nettrain.records.console import step_bar
+from nettrain.runtime import Runtime, resolve_precision
+
+
+@dataclass
+class Evaluation:
+    split: str
+    metrics: dict[str, Any]     # what metrics.json holds
+    outputs: Tensor             # model outputs per sample, in loader order (CPU)
+    targets: Tensor
+    spec: DataSpec
+    run_dir: Path
+
+
+def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: dict[str, Any] | None = None,
+                        device: str = "auto", confirmed: dict[str, Any] | None = None) -> Evaluation:
+    """Metrics of the checkpoint's model on `split` of its data (changed by `data_overrides`).
+    `confirmed`: the `model`, `loss` (and `data`, from `data_overrides`) `_target_`s the user names."""
+    one_of("split", split, ("val", "test"))
+    confirmed = {**(confirmed or {}), "data": data_overrides or {}}
+    loaded = load_model(ckpt, device, confirmed)
+    cfg = loaded.config
+    confirm(OmegaConf.to_container(cfg), confirmed, ("data", "loss"), str(loaded.path), CONFIRM_HOW)
+    if data_overrides:
+        for key in data_overrides:
+            if key not in cfg.data:
+                raise UserError(f"unknown data.{key}: the checkpoint's data={cfg.data.name} has "
+                                f"{', '.join('data.' + k for k in cfg.data)}")
+        cfg.data = OmegaConf.merge(cfg.data, data_overrides)
+    validate(OmegaConf.create({"data": cfg.data}))  # only data: the run's other paths may be long gone
+    t = cfg.trainer
+    data = build_data(cfg.data, DataContext(seed=t.seed, device=loaded.device,
+                                            eval_batch_size=t.eval_batch_size or 4 * cfg.data.batch_size))
+    if data.spec.class_names != loaded.spec.class_names or data.spec.input_shape != loaded.spec.input_shape:
+        raise UserError(f"the data does not match the model: it has classes {data.spec.class_names} and inputs "
+                        f"{data.spec.input_shape}, the model was trained on {loaded.spec.class_names} and "
+                        f"{loaded.spec.input_shape}")
+    if data.spec.preprocessing != loaded.spec.preprocessing:
+        # e.g. a new CSV: its own statistics would standardize the columns differently from training.
+        raise UserError("the data's preprocessing differs from the model's (statistics or normalization of other "
+                        "data); score new inputs with nettrain predict, which uses the checkpoint's")
+    loader = data.val if split == "val" else data.test
+    if loader is None:
+        raise UserError(f"data={cfg.data.name} has no test split here; allowed: split=val "
+                        "(an image folder gets one from a test/ subfolder)")
+    criterion = build_loss(cfg.loss, loaded.spec, data.class_weights).to(loaded.device)
+    # The precision training validated with, so val metrics come out as recorded.
+    rt = Runtime(device=loaded.device, amp_dtype=resolve_precision(t.precision, loaded.device), channels_last=False)
+    with step_bar(f"evaluating {split}", len(loader), samples_per_step=loader.batch_size) as bar:
+        summary, outputs, targets = evaluate(loaded.model, loader, criterion, device=loaded.device,
+                                             task=loaded.spec.task, autocast=rt.autocast, collect=True,
+                                             on_batch=bar.advance)
+    if outputs is None:
+        raise UserError(f"the {split} split of data={cfg.data.name} is empty")
+    metrics: dict[str, Any] = {"checkpoint": str(loaded.path), "split": split, "samples": len(targets),
+                               "loss": summary["loss"]}
+    if loaded.spec.task == "regression":
+        metrics |= regression_metrics(outputs.squeeze(-1), targets)
+    else:
+        decision = Decision.from_checkpoint(loaded.decision, loaded.spec) if targets.dim() == 1 else None
+        if decision is None:
+            metrics["accuracy"], predicted = summary["accuracy"], outputs.argmax(-1)
+        else:  # binary: decided as validation decided at the checkpoint's epoch (its threshold, or argmax)
+            threshold, decided = decision.measure(outputs, targets)
+            metrics |= {"accuracy": decided["accuracy"], "positive_class": decision.positive_class, "threshold": threshold,
+                        **{k: decided[k] for k in ("precision", "recall", "f1")}}
+            predicted = decision.predict(outputs, threshold)
+        metrics |= classification_metrics(predicted, targets, loaded.spec.class_names)
+    return Evaluation(split, metrics, outputs, targets, loaded.spec, loaded.run_dir)
+
+

@@ -1,0 +1,186 @@
+"""A checkpoint as an ONNX or TorchScript file for serving and edge devices.
+
+The model is exported with a dynamic batch size, then run on sample inputs of other batch sizes next to the
+PyTorch model; only when the outputs agree (max abs diff <= TOLERANCE, relative to the outputs' scale where
+they exceed 1) is it moved into place, with what a program needs to use it in a JSON file beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nettrain.config.paths import absolute
+from nettrain.config.registry import describe as describe_model
+from nettrain.errors import UserError, first_line, one_of
+from nettrain.files import atomic_write_text
+from nettrain.inference.decision import Decision
+from nettrain.inference.load import Loaded, load_model
+
+log = logging.getLogger("nettrain")
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+TOLERANCE = 1e-4
+CHECK_BATCH_SIZES = (1, 3)  # differ from the export's batch of 2: proves the batch size is dynamic
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+
+
+class ExportCheckError(UserError):
+    """The exported model does not compute what the PyTorch model does; nothing was written."""
+
+    exit_code = 1
+
+
+def export_checkpoint(ckpt: str | Path, fmt: str = "onnx", output: str | Path | None = None,
+                      confirmed: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Export, check and write the model and its JSON; returns the model's path and what the JSON holds.
+    `confirmed`: the `model._target_` the user names (see `load_model`)."""
+    one_of("format", fmt, tuple(FORMATS))
+    loaded = load_model(ckpt, "cpu", confirmed)
+    target = _output_path(loaded, fmt, output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    generator = torch.Generator().manual_seed(0)
+    example = sample_input(loaded.spec, 2, 0, generator)
+    try:
+        (_onnx if fmt == "onnx" else _torchscript)(loaded.model, example, tmp, _is_text(loaded.spec))
+        run = _onnx_runner(tmp) if fmt == "onnx" else _torchscript_runner(tmp)
+        diff, scale = export_error(loaded.model, run, [sample_input(loaded.spec, n, i + 1, generator)
+                                                       for i, n in enumerate(CHECK_BATCH_SIZES)])
+        # float32 keeps ~7 significant digits: outputs of 1e3 agree to 1e-4 relative, not absolute.
+        tolerance = TOLERANCE * max(1.0, scale)
+        if not diff <= tolerance:
+            raise ExportCheckError(f"the {fmt} export does not match the PyTorch model: max abs diff {diff:.3g} > "
+                                   f"{tolerance:.3g} on sample inputs; nothing written")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    info = describe(loaded, fmt, target, diff, tolerance)
+    if _is_text(loaded.spec):  # the tokenizer beside the model, ready for tokenizers.Tokenizer.from_file
+        atomic_write_text(target.parent / info["preprocessing"]["tokenizer_file"], loaded.spec.preprocessing["tokenizer"])
+    atomic_write_text(target.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
+    return target, info
+
+
+def _output_path(loaded: Loaded, fmt: str, output: str | Path | None) -> Path:
+    name = loaded.path.stem + FORMATS[fmt]
+    if output is None:
+        return loaded.run_dir / "export" / name
+    path = Path(absolute(str(output)))
+    return path / name if path.is_dir() else path
+
+
+def _is_text(spec: Any) -> bool:
+    return spec.preprocessing.get("kind") == "text"
+
+
+def sample_input(spec: Any, batch: int, variant: int, generator: torch.Generator) -> torch.Tensor:
+    """A batch like the model's inputs: random values, or for text random token ids of a length
+    that differs per variant (proving the sequence axis dynamic), the first row padded at the end."""
+    if not _is_text(spec):
+        return torch.randn(batch, *spec.input_shape, generator=generator)
+    pre = spec.preprocessing
+    length = min((8, 5, 13)[variant % 3], spec.input_shape[0])
+    ids = torch.randint(0, pre["vocab_size"], (batch, length), generator=generator)
+    ids[ids == pre["pad_id"]] = (pre["pad_id"] + 1) % pre["vocab_size"]
+    ids[0, length // 2 + 1:] = pre["pad_id"]
+    return ids
+
+
+def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, text: bool = False) -> None:
+    try:  # optional extras (nettrain[onnx]): named with the line that installs them when missing
+        import onnx  # noqa: F401  (the exporter needs onnx and onnxscript; the check needs onnxruntime)
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"format=onnx needs the {e.name} package: pip install onnx onnxscript onnxruntime") from None
+    for name in ("onnxscript", "onnx_ir"):  # their optimizer passes log every step at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_shapes=({0: torch.export.Dim("batch"), **({1: torch.export.Dim("sequence")} if text else {})},),
+                          dynamo=True, verbose=False,
+                          external_data=False)  # one self-contained file (models up to protobuf's 2 GB)
+    except Exception as e:  # noqa: BLE001 - the exporter raises many kinds; the first line names the op
+        raise ExportCheckError(f"torch.onnx.export failed: {first_line(e)}") from None
+
+
+def _torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, text: bool = False) -> None:
+    with _jit_deprecation_silenced(), warnings.catch_warnings():
+        # The tracer warns of every Python number read off a tensor's shape (a memory's row count, a mask's
+        # size): constants of this model, and the export is checked against PyTorch on other batch sizes below.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # A Transformer's graph differs between its trace and jit's re-trace (the attention fast path);
+        # the export is checked against PyTorch at other batch sizes and lengths below instead.
+        traced = torch.jit.trace(model, example, check_trace=not text)
+    traced.save(str(path))
+
+
+def _onnx_runner(path: Path) -> Any:
+    import onnxruntime
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+
+
+def _torchscript_runner(path: Path) -> Any:
+    with _jit_deprecation_silenced():
+        return torch.jit.load(str(path), map_location="cpu")
+
+
+@contextmanager
+def _jit_deprecation_silenced() -> Iterator[None]:
+    """TorchScript is deprecated in favour of torch.export, but it is still what LibTorch (C++) and
+    PyTorch Mobile load, so exporting it is deliberate: its warnings would only confuse."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated")
+        yield
+
+
+def export_error(model: torch.nn.Module, run: Any, inputs: list[torch.Tensor]) -> tuple[float, float]:
+    """(the largest |exported - PyTorch|, the largest |PyTorch output|) over the outputs for `inputs`."""
+    diff = scale = 0.0
+    with torch.inference_mode():
+        for x in inputs:
+            expected = model(x)
+            diff = max(diff, float((run(x) - expected).abs().max()))
+            scale = max(scale, float(expected.abs().max()))
+    return diff, scale
+
+
+def describe(loaded: Loaded, fmt: str, target: Path, diff: float, tolerance: float) -> dict[str, Any]:
+    """The JSON beside the model: everything needed to feed it and read its outputs."""
+    spec = loaded.spec
+    text = _is_text(spec)
+    preprocessing = spec.preprocessing
+    if text:  # the tokenizer goes to its own file: a JSON string inside this JSON would be unreadable
+        preprocessing = {k: v for k, v in preprocessing.items() if k != "tokenizer"} | {
+            "tokenizer_file": target.name.split(".")[0] + ".tokenizer.json"}
+    return {
+        "format": fmt, "model_file": target.name, "checkpoint": str(loaded.path), "model": describe_model(loaded.config.model),
+        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+        "input_shape": ["batch", "sequence"] if text else ["batch", *spec.input_shape],
+        "dtype": "int64" if text else "float32", "task": spec.task, "class_names": spec.class_names,
+        "outputs": ("one value per sample" if spec.task == "regression"
+                    else "logits, one per class in class_names order; softmax gives probabilities"),
+        # trainer.tta=flip: the exported model averages each image's logits with its mirror's, as eval and predict do.
+        "tta": loaded.config.get("trainer", {}).get("tta"),
+        "preprocessing": preprocessing, "max_abs_diff": diff, "tolerance": tolerance,
+        **({"decision": _decision(loaded)} if spec.task == "classification" and spec.num_classes == 2 else {}),
+    }
+
+
+def _decision(loaded: Loaded) -> dict[str, Any]:
+    """How the trained binary classifier decides between its two classes, for the exported model's users."""
+    d = Decision.from_checkpoint(loaded.decision, loaded.spec)
+    other = d.class_names[1 - d.positive]
+    return {"positive_class": d.positive_class, "threshold": d.fixed,
+            "rule": f"{d.positive_class} when softmax(output)[{d.positive}] >= threshold, else {other}"
+            if d.fixed is not None else "argmax of the outputs (no threshold)"}
