@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -153,8 +154,6 @@ def setup(cfg: DictConfig) -> Runtime:
 
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:
     """torch.compile, or the model as it is (with the reason) where compiling is not possible."""
-    import logging
-
     try:
         return torch.compile(model)
     except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager

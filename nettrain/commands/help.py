@@ -14,6 +14,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from nettrain.config.suggest import configs_dir
@@ -144,9 +146,6 @@ def render(cfg: DictConfig, choices: dict[str, Any], header: str, footer: str, p
 
 def hydra_app_help(config_name: str, overrides: list[str]) -> str:
     """`nettrain <command> [overrides] --help`: the config `config_name` composes with `overrides`, explained."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
     GlobalHydra.instance().clear()
     with initialize_config_module("nettrain.configs", version_base="1.3"):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)

@@ -25,7 +25,7 @@ def write_outputs(curve: Curve, run_dir: Path, title: str) -> Path:
     """The curve as lr_find.png and in TensorBoard (scalars by step, and the figure); returns the PNG."""
     from torch.utils.tensorboard import SummaryWriter  # torch and matplotlib: the range test has run
 
-    from nettrain.records.figures import range_test_figure
+    from nettrain.records.figures import range_test_figure  # matplotlib: likewise
 
     figure = range_test_figure(curve.lrs, curve.losses, curve.smoothed, curve.best_index, curve.suggested_lr, title)
     png = run_dir / "lr_find.png"

@@ -7,11 +7,10 @@ Values of the keys below are paths, never sweeps, so they are quoted for Hydra.
 
 from __future__ import annotations
 
-import difflib
-
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from nettrain.config.suggest import nearest
 from nettrain.errors import UserError
 
 PATH_KEYS = ("resume", "hydra.run.dir", "hydra.sweep.dir", "data.root", "data.path", "data.cache_dir",
@@ -48,7 +47,7 @@ def check_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
             continue
         known = [str(k) for k in node.keys()] if OmegaConf.is_dict(node) else []
         known = [k for k in known if k != name]
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else (
+        close = nearest(name, known)
+        hint = f"did you mean {parent + '.' if parent else ''}{close}?" if close else (
             f"{parent or 'the config'} has: {', '.join(known)}" if known else "nettrain does not read it")
         raise UserError(f"unknown key {key} (from {override}): {hint}")

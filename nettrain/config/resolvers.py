@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from nettrain.config.paths import absolute
@@ -31,8 +32,6 @@ SWEPT_KEYS = "NETTRAIN_SWEPT_KEYS"
 
 def note_swept_keys(argv: list[str]) -> None:
     """Before a multirun: which of its command line's overrides sweep over several values."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
     except Exception:  # noqa: BLE001 - Hydra reports a malformed override itself, in its own words

@@ -25,9 +25,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from nettrain.errors import UserError, invalid
+from nettrain.errors import UserError, first_line, invalid
 
 # The config groups whose `_target_`s build something from the data (the optimizer's are torch's).
 GROUPS = ("model", "data", "loss")
@@ -59,7 +60,7 @@ def locate(key: str, path: Any) -> Any:
                             f"installed") from None
         except Exception as e:  # noqa: BLE001 - the user's module failed while importing: name it and why
             raise UserError(f"cannot import {key}={path}: importing module {module_name} failed: "
-                            f"{type(e).__name__}: {_first_line(e)}") from None
+                            f"{type(e).__name__}: {first_line(e)}") from None
     else:
         raise UserError(f"cannot import {key}={path}: no module named {parts[0]!r} in the working directory "
                         f"({cwd}) or on PYTHONPATH")
@@ -77,8 +78,6 @@ def instantiate(group: str, node: dict[str, Any], available: Mapping[str, Any], 
     config does not; a config value that contradicts the data is refused. `required` names keys of
     `node` the callable must accept (nettrain's own, like `dropout`). Arguments that do not fit the
     signature are a one-line error, not a TypeError from deep inside."""
-    from hydra.utils import instantiate as hydra_instantiate
-
     target = node["_target_"]
     fn = locate(f"{group}._target_", target)
     params = _parameters(fn)
@@ -157,11 +156,6 @@ def _select(node: Any, key: str) -> Any:
         else:
             return None
     return node
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return (lines[0] if lines else type(e).__name__)[:300]
 
 
 def find_targets(node: Any, path: str = "") -> list[tuple[str, str]]:

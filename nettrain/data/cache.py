@@ -28,6 +28,8 @@ from torch import Tensor
 from nettrain.data.transforms import BadImageError, decode
 from nettrain.errors import invalid
 from nettrain.files import WriteError, atomic_write_bytes
+from nettrain.records.console import step_bar
+from nettrain.runtime import available_cores
 
 log = logging.getLogger("nettrain")
 
@@ -38,9 +40,6 @@ def decode_each(files: Sequence[Path], image_size: int, channels: int, descripti
                 ) -> Iterator[tuple[int, Tensor | BadImageError]]:
     """(index, uint8 image or the error) for every file, decoded on a thread per core (Pillow
     releases the GIL while decoding and resizing), with a progress bar on a terminal."""
-    from nettrain.records.console import step_bar
-    from nettrain.runtime import available_cores
-
     def one(path: Path) -> Tensor | BadImageError:
         try:
             return decode(path, image_size, channels)

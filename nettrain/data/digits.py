@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 from omegaconf import DictConfig
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 from nettrain.data.base import Data, DataContext
 from nettrain.data.loaders import TensorLoader
@@ -15,9 +17,6 @@ MEAN, STD = 0.3053, 0.3760  # of the whole set scaled to [0, 1]: fixed, so predi
 
 
 def build(cfg: DictConfig, ctx: DataContext) -> Data:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32).div_(16.0).sub_(MEAN).div_(STD).unsqueeze(1)
     y = torch.tensor(digits.target, dtype=torch.long)

@@ -30,6 +30,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from nettrain.data.cache import decode_each
 from nettrain.data.transforms import BadImageError, open_file
 
 log = logging.getLogger("nettrain")
@@ -133,8 +134,6 @@ def choose_normalization(cfg: DictConfig, files: Sequence[Path], images: Tensor 
     if cfg.get("mean") != AUTO and cfg.get("std") != AUTO:
         return []
     if images is None:
-        from nettrain.data.cache import decode_each
-
         sample = _spaced(files, STATS_SAMPLE)
         decoded = [x for _, x in decode_each(sample, cfg.image_size, cfg.channels, "normalization statistics")
                    if isinstance(x, Tensor)]

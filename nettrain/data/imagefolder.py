@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.datasets import OxfordIIITPet
 
 from nettrain.config.rules import absolute
 from nettrain.data import image_defaults
@@ -111,8 +112,6 @@ def scan_folders(root: Path) -> tuple[list[Folder], list[str]]:
 def oxford_pets(root: Path, download: bool) -> tuple[list[Folder], list[str]]:
     """torchvision's Oxford-IIIT Pet, labelled cat (0) or dog (1): 'trainval' (split into train and
     val here) and 'test'."""
-    from torchvision.datasets import OxfordIIITPet
-
     where = root / "oxford-iiit-pet"
     try:
         splits = {name: OxfordIIITPet(str(root), split=split, target_types="binary-category", download=download)

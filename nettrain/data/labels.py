@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
+from sklearn.model_selection import train_test_split
+from sklearn.utils.class_weight import compute_class_weight
+
 from nettrain.errors import UserError
 
 
@@ -13,8 +17,6 @@ def split_indices(labels: Sequence[int] | Sequence[float], val_fraction: float, 
                   ) -> tuple[list[int], list[int]]:
     """Train and val indices: a seeded split, stratified by class for classification (each class
     keeps its share in both parts)."""
-    from sklearn.model_selection import train_test_split
-
     if stratify:
         counts = Counter(labels)
         rare = [c for c, n in counts.items() if n < 2]
@@ -33,9 +35,6 @@ def split_indices(labels: Sequence[int] | Sequence[float], val_fraction: float, 
 
 def balanced_weights(labels: Sequence[int], num_classes: int) -> list[float]:
     """n_samples / (n_classes x n_c) per class (scikit-learn's 'balanced'): rare classes weigh more."""
-    import numpy as np
-    from sklearn.utils.class_weight import compute_class_weight
-
     present = np.unique(np.asarray(labels))
     weights = dict(zip(present.tolist(), compute_class_weight("balanced", classes=present, y=np.asarray(labels))))
     return [float(weights.get(c, 1.0)) for c in range(num_classes)]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision.datasets
 from omegaconf import DictConfig
 
 from nettrain.config.rules import absolute
@@ -34,8 +35,6 @@ DATASETS: dict[str, dict[str, Any]] = {
 
 
 def _load(name: str, root: Path, train: bool, download: bool) -> Any:
-    import torchvision.datasets
-
     cls = getattr(torchvision.datasets, DATASETS[name]["cls"])
     where = root / DATASETS[name]["files"]
     try:

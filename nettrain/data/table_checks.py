@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from omegaconf import DictConfig
 
 # A column is id-like when (nearly) every row has its own value: products codes, sequence numbers.
@@ -79,8 +80,6 @@ def check_table(table: Any, cfg: DictConfig, features: list[str], task: str, tar
 
 
 def _integers(values: Any) -> bool:
-    import pandas as pd
-
     if pd.api.types.is_bool_dtype(values):
         return False
     if pd.api.types.is_integer_dtype(values):
@@ -92,8 +91,6 @@ def id_columns(table: Any, cfg: DictConfig, features: list[str]) -> list[Finding
     """Features with a value of their own on (nearly) every row. Numbers only when they are integers,
     (nearly) all distinct AND in file order (1..N) or named like an id: a measurement with 3 decimals
     is distinct on every row too, and is no id. Text when distinct on ~every row (a product code)."""
-    import pandas as pd
-
     found = []
     for name in features:
         values = table[name].dropna()
@@ -126,8 +123,6 @@ def leaking_classes(table: Any, cfg: DictConfig, features: list[str], y: np.ndar
     majority-class baseline's errors; (b) values of low-cardinality columns that each imply a minority class
     with LEAK_AGREEMENT purity and, together, match the target as well. A strong honest feature (alcohol
     for wine quality, torque for machine failure) does neither."""
-    import pandas as pd
-
     n, k = len(y), int(y.max()) + 1 if len(y) else 0
     counts = np.bincount(y, minlength=k)
     majority = int(counts.argmax()) if n else 0
@@ -218,8 +213,6 @@ def _threshold_errors(values: np.ndarray, y: np.ndarray) -> tuple[int, float]:
 
 def leaking_numbers(table: Any, cfg: DictConfig, features: list[str], y: np.ndarray) -> Finding | None:
     """Numeric features equal to a regression target, or an exact linear copy of it."""
-    import pandas as pd
-
     numeric = [c for c in features if pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])]
     if not numeric or len(y) < 3 or np.std(y) == 0:
         return None
@@ -245,8 +238,6 @@ def leaking_numbers(table: Any, cfg: DictConfig, features: list[str], y: np.ndar
 def val_copies(table: Any, cfg: DictConfig, features: list[str], train_idx: list[int],
                val_idx: list[int]) -> Finding | None:
     """Val rows whose features equal a training row's: the model has seen them, val flatters it."""
-    import pandas as pd
-
     features_hash = pd.util.hash_pandas_object(table[features], index=False).to_numpy()
     target_hash = pd.util.hash_pandas_object(table[cfg.target], index=False).to_numpy()
     row_hash = features_hash ^ (target_hash * np.uint64(0x9E3779B97F4A7C15))  # features and target

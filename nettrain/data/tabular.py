@@ -16,12 +16,14 @@ alone. `data.task=auto` is regression when the target holds non-integer numbers,
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
@@ -30,6 +32,7 @@ from nettrain.config.rules import absolute
 from nettrain.data.base import Data, DataContext, files_fingerprint, tensor_loader
 from nettrain.data.labels import balanced_weights, split_indices
 from nettrain.data.spec import DataSpec
+from nettrain.data.table_checks import check_table
 from nettrain.errors import UserError, invalid
 
 log = logging.getLogger("nettrain")
@@ -39,8 +42,6 @@ MISSING = "<missing>"
 
 def read_table(path: str | Path, categorical: list[str] = ()) -> Any:
     """The CSV at `path` as a pandas DataFrame (categorical columns kept as text)."""
-    import pandas as pd
-
     _refuse_repeated_columns(path)
     try:
         table = pd.read_csv(path, dtype={c: str for c in categorical}, skipinitialspace=True)
@@ -55,8 +56,6 @@ def read_table(path: str | Path, categorical: list[str] = ()) -> Any:
 
 def _refuse_repeated_columns(path: str | Path) -> None:
     """A header naming a column twice: pandas would rename the second (`a.1`) and train on it unnamed."""
-    import csv
-
     try:
         with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
             header = next(csv.reader(f, skipinitialspace=True), [])
@@ -78,8 +77,6 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 def numeric_column(column: Any, name: str, path: str | Path, trained: bool = False) -> Any:
     """The column as floats, or a one-line error naming a value that is not a number or not finite. For
     the input of a `trained` model the remedy is the value, never the config that shaped the model."""
-    import pandas as pd
-
     if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
         values = column.astype("float64")
     else:
@@ -173,8 +170,6 @@ def refused_id(table: Any, finding: Any, categorical: list[str], path: str | Pat
 
 
 def detect_task(target: Any, requested: str) -> str:
-    import pandas as pd
-
     if requested != "auto":
         return requested
     if pd.api.types.is_float_dtype(target) and not (target.dropna() == target.dropna().round()).all():
@@ -185,8 +180,6 @@ def detect_task(target: Any, requested: str) -> str:
 def _classes(target: Any) -> tuple[list[str], list[int]]:
     """Class names (the distinct values, sorted: numbers in numeric order, 1.0 shown as 1) and
     each row's class index."""
-    import pandas as pd
-
     if not pd.api.types.is_numeric_dtype(target):
         target = target.astype(str)
     values = sorted(target.unique())
@@ -214,8 +207,6 @@ def split_rows(table: Any, cfg: DictConfig, seed: int, path: str | Path) -> tupl
 
 
 def build(cfg: DictConfig, ctx: DataContext) -> Data:
-    from nettrain.data.table_checks import check_table
-
     path = absolute(cfg.path)
     table = read_table(path, list(cfg.get("categorical") or []))
     features, categorical = choose_columns(table, cfg, path)

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from torch import Tensor
 
 from nettrain.config.rules import absolute
@@ -41,6 +42,7 @@ from nettrain.data.labels import balanced_weights, split_indices
 from nettrain.data.loaders import TextLoader
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError, invalid
+from nettrain.records.checkpoint import load_checkpoint
 
 log = logging.getLogger("nettrain")
 
@@ -213,8 +215,6 @@ def train_tokenizer(texts: list[str], cfg: DictConfig) -> Any:
     """A WordPiece or BPE tokenizer learned from `texts` (the training split): BERT's normalizer
     (unicode clean-up, optional lower-casing and accent stripping) and pre-tokenizer (words and
     punctuation), [CLS] prepended to every text (the first-token pooling reads it)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-
     # Only BpeTrainer learns the same pieces from the same texts on every run (tokenizers' WordPiece
     # trainer does not), and resume and eval must rebuild the very tokenizer training used. So
     # WordPiece here uses the BPE pieces of half the vocabulary, each also as a word-inner "##piece",
@@ -239,8 +239,6 @@ def train_tokenizer(texts: list[str], cfg: DictConfig) -> Any:
 def load_tokenizer(source: str) -> tuple[Any, int | None]:
     """(tokenizer, the longest input its model takes or None) from a tokenizer.json, a nettrain
     checkpoint or run dir, or a Hugging Face model folder or name."""
-    from tokenizers import Tokenizer
-
     path = Path(absolute(source))
     if path.is_file() and path.suffix == ".json":
         try:
@@ -248,8 +246,6 @@ def load_tokenizer(source: str) -> tuple[Any, int | None]:
         except Exception as e:  # noqa: BLE001 - the Rust side raises plain Exceptions
             raise invalid("data.tokenizer", source, f"not a tokenizers JSON file ({str(e).splitlines()[0][:200]})") from None
     if path.is_file() and path.suffix == ".pt" or (path / "checkpoints").is_dir():
-        from nettrain.records.checkpoint import load_checkpoint
-
         preprocessing = load_checkpoint(str(path))["spec"].get("preprocessing", {})
         if preprocessing.get("kind") != "text":
             raise invalid("data.tokenizer", source, "this checkpoint was not trained on text")
@@ -259,7 +255,7 @@ def load_tokenizer(source: str) -> tuple[Any, int | None]:
 
 def _hf_tokenizer(source: str) -> tuple[Any, int | None]:
     try:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # an optional extra (nettrain[hf]): named when missing
     except ImportError:
         raise invalid("data.tokenizer", source, "no such file; a Hugging Face model's tokenizer needs transformers: "
                                                 "pip install 'nettrain[hf]'") from None
@@ -308,8 +304,6 @@ def encode(tokenizer: Any, texts: list[str]) -> tuple[Tensor, Tensor, int]:
 
 def encoder_for(preprocessing: dict[str, Any]) -> Callable[[list[str]], Tensor]:
     """texts -> a padded id batch, with a checkpoint's tokenizer (predict). An empty text is an error."""
-    from tokenizers import Tokenizer
-
     tokenizer = Tokenizer.from_str(preprocessing["tokenizer"])
 
     def run(texts: list[str | UserError]) -> Tensor:

@@ -125,7 +125,7 @@ def _torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, text
 
 
 def _onnx_runner(path: Path) -> Any:
-    import onnxruntime
+    import onnxruntime  # an optional extra (nettrain[onnx]): `_onnx` checked that it is there
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
 

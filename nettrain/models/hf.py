@@ -38,7 +38,7 @@ class HFEncoder(nn.Module):
 
 def _transformers() -> Any:
     try:  # transformers: an optional extra (nettrain[hf])
-        import transformers
+        import transformers  # an optional extra (nettrain[hf]): named when missing
     except ImportError:
         raise UserError("model=hf needs the transformers package: pip install 'nettrain[hf]'") from None
     transformers.logging.set_verbosity_error()  # "Some weights were not used..." is expected: the head is ours

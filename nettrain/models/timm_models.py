@@ -28,7 +28,7 @@ log = logging.getLogger("nettrain")
 
 def _timm() -> Any:
     try:  # timm: an optional extra (nettrain[timm]); its internals below only when it is installed
-        import timm
+        import timm  # an optional extra (nettrain[timm]): named when missing
     except ImportError:
         raise UserError("model=timm needs the timm package: pip install timm (or pip install 'nettrain[timm]')") from None
     return timm
@@ -100,26 +100,26 @@ def before_data(cfg: DictConfig) -> None:
 def _fetch(arch: str, pretrained_cfg: Any) -> None:
     """Download the weights file into timm's cache (Hugging Face hub or URL), or say in one line what
     to fetch and where to put it."""
-    from timm.models._builder import _resolve_pretrained_source
+    from timm.models._builder import _resolve_pretrained_source  # timm's own helpers, here and below: timm is there
 
     source, location = _resolve_pretrained_source(pretrained_cfg.to_dict())
     try:
         if source == "hf-hub":
             _hf_download(location)
         else:
-            from timm.models._hub import download_cached_file
+            from timm.models._hub import download_cached_file  # (timm's)
 
             download_cached_file(location)
     except Exception as e:  # noqa: BLE001 - offline, unreachable, no permission: all one answer
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         if source == "hf-hub":
-            import huggingface_hub.constants
+            import huggingface_hub.constants  # (timm's hub)
 
             repo = location if isinstance(location, str) else location[0]
             what = (f"the Hugging Face repo {repo} (`huggingface-cli download {repo.split('@')[0]}`) into "
                     f"{huggingface_hub.constants.HF_HUB_CACHE}")
         else:
-            from timm.models._hub import get_cache_dir
+            from timm.models._hub import get_cache_dir  # (timm's)
 
             what = f"{location} into {get_cache_dir()}"
         raise UserError(f"model.pretrained=true: cannot get timm's {arch} weights ({reason}); when online, "
@@ -128,7 +128,7 @@ def _fetch(arch: str, pretrained_cfg: Any) -> None:
 
 def _hf_download(location: str | tuple[str, str]) -> None:
     """The weights file timm will load: model.safetensors, else pytorch_model.bin (as timm looks)."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # timm's hub, installed with it
     from huggingface_hub.errors import EntryNotFoundError
 
     repo, filename = (location, None) if isinstance(location, str) else location

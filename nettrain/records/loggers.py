@@ -224,7 +224,7 @@ class MLflow(Logger):
         return {"mlflow_run_id": self.run_id, "mlflow_tracking_uri": uri}
 
     def epoch(self, history: list[dict[str, Any]], step: int) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # mlflow: an optional extra, for a run that chose it
 
         r, now = history[-1], int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, r["epoch"]) for k, v in r.items()
@@ -250,7 +250,7 @@ class WandB(Logger):
         self.options = options
 
     def start(self, run: RunInfo) -> dict[str, Any]:
-        import wandb
+        import wandb  # wandb: an optional extra, for a run that chose it
 
         o = self.options
         run_id = run.state.get("wandb_run_id") or uuid.uuid4().hex[:8]
@@ -264,7 +264,7 @@ class WandB(Logger):
         self.run.log({k: v for k, v in r.items() if isinstance(v, (int, float))}, step=r["epoch"])
 
     def finish(self, status: str, best: dict[str, float], files: dict[str, Path]) -> None:
-        import wandb
+        import wandb  # (as in start)
 
         self.run.summary.update({f"best_{k}": v for k, v in best.items()} | {"status": status})
         if files.get("curves") and files["curves"].is_file():

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -142,8 +143,6 @@ def _command_line(pid: int) -> str:
 def record_hydra_config(run_dir: Path, cfg: DictConfig) -> None:
     """Hydra's record of the run (`.hydra/config.yaml`, `hydra.yaml`, `overrides.yaml`), written as
     Hydra writes it, once the run was accepted (train.yaml sets hydra.output_subdir=null)."""
-    from hydra.core.hydra_config import HydraConfig
-
     hydra_cfg = HydraConfig.get()
     out = run_dir / ".hydra"
     out.mkdir(exist_ok=True)

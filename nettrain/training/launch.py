@@ -9,7 +9,8 @@ composes the job and makes the run dir, and the other ranks train the job rank 0
 `slurm_ddp` launcher config) starts `trainer.devices` workers in each node's task, all joined in
 one rendezvous on the step's first node.
 
-Only heavy-free imports at the top: `as_torchrun_rank` runs before any config is composed.
+Only heavy-free imports at the top: `as_torchrun_rank` runs before any config is composed, and the process that
+launches DDP workers never trains itself; torch and the loop are imported where a process starts to train.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nettrain.errors import UserError, invalid
+from nettrain.records.console import console_handler
 
 log = logging.getLogger("nettrain")
 
@@ -52,14 +55,14 @@ def launch(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -
         if cfg.trainer.devices != 1:
             raise invalid("trainer.devices", cfg.trainer.devices, "under torchrun the processes are torchrun's "
                           "(--nproc_per_node); leave trainer.devices=1")
-        from nettrain.training import distributed
+        from nettrain.training import distributed  # torch: this process trains
 
         with distributed.process_group():
             distributed.broadcast_object(job)  # to the other ranks, waiting in `as_torchrun_rank`
             return _train(job)
     nodes, endpoint, run_id = cluster(os.environ)
     if cfg.trainer.devices == 1 and nodes == 1:
-        from nettrain.training.loop import fit
+        from nettrain.training.loop import fit  # torch: this process trains
 
         return fit(cfg, run_dir, ckpt)
     _check_devices(cfg.trainer)
@@ -90,7 +93,7 @@ def as_torchrun_rank(argv: list[str]) -> int | None:
         return None
     if any(a in INFO_FLAGS for a in argv):
         return 0  # rank 0 prints it
-    from nettrain.training import distributed
+    from nettrain.training import distributed  # torch: this process trains
 
     _configure_logging(rank, None)
     try:
@@ -128,13 +131,13 @@ def first_host(nodelist: str) -> str:
 
 def _check_devices(trainer: DictConfig) -> None:
     """One GPU per worker: fail here, in one line, rather than in every worker."""
+    import torch  # (and runtime's): to count the GPUs
+
     from nettrain.runtime import resolve_device
 
     device = resolve_device(trainer.device)
     if device.type != "cuda":
         return
-    import torch
-
     if device.index is not None:
         raise invalid("trainer.device", trainer.device, "with trainer.devices > 1 worker r uses GPU r; "
                       "use trainer.device=cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
@@ -144,6 +147,7 @@ def _check_devices(trainer: DictConfig) -> None:
 
 def _launch_workers(job: dict[str, Any], run_dir: Path, devices: int, nodes: int, endpoint: str,
                     run_id: str) -> dict[str, Any]:
+    # torch's elastic launcher: only a multi-process job needs it
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -237,7 +241,7 @@ def _worker(job: dict[str, Any], logging_config: dict[str, Any] | None, user_err
     rank = int(os.environ["RANK"])
     _configure_logging(rank, logging_config)
     _test_failure_hook(rank)
-    from nettrain.training import distributed
+    from nettrain.training import distributed  # torch: this process trains
 
     try:
         with distributed.process_group():
@@ -262,7 +266,7 @@ def _worker(job: dict[str, Any], logging_config: dict[str, Any] | None, user_err
 
 
 def _train(job: dict[str, Any]) -> dict[str, Any]:
-    from nettrain.records.checkpoint import load_checkpoint
+    from nettrain.records.checkpoint import load_checkpoint  # torch: this process trains
     from nettrain.training.loop import fit
 
     ckpt = load_checkpoint(job["ckpt"]) if job["ckpt"] else None
@@ -273,8 +277,6 @@ def _train(job: dict[str, Any]) -> dict[str, Any]:
 
 def _logging_config() -> dict[str, Any] | None:
     """The Hydra app's logging (console, and the run's train.log) for rank 0's process to reuse."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return None
     return OmegaConf.to_container(HydraConfig.get().job_logging, resolve=True)
@@ -285,7 +287,6 @@ def _configure_logging(rank: int, config: dict[str, Any] | None) -> None:
     if rank == 0 and config:
         logging.config.dictConfig(config)
         return
-    from nettrain.records.console import console_handler
 
     root = logging.getLogger()
     root.handlers[:] = [console_handler()]
@@ -297,7 +298,7 @@ def _test_failure_hook(rank: int) -> None:
     test can check that one failing worker brings the whole job down."""
     if os.environ.get("NETTRAIN_TEST_FAIL_RANK") != str(rank):
         return
-    import torch
+    import torch  # the worker trains: torch is loaded already
 
     def fail(module: Any, args: Any) -> None:
         raise RuntimeError(f"NETTRAIN_TEST_FAIL_RANK={rank}: rank {rank} fails on purpose")
