@@ -1,4 +1,4 @@
-"""Your own model, data and loss via `_target_`, as the README's "Bring your own model" shows it; and the
+"""Your own model, data and loss via `_target_`, as docs/models.md shows it; and the
 rule that a checkpoint's `_target_` is never imported unless the command names it too."""
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from PIL import Image
 
 from conftest import metrics, run_in_process
 
-README = Path(__file__).parents[1] / "README.md"
+GUIDE = Path(__file__).parents[1] / "docs" / "models.md"
 
 
 def readme_block(first_line: str) -> str:
-    """The README code block that starts with `first_line` (a `# path` comment), without that line."""
-    for block in re.findall(r"```\w*\n(.*?)```", README.read_text(), re.S):
+    """The docs' code block that starts with `first_line` (a `# path` comment), without that line."""
+    for block in re.findall(r"```\w*\n(.*?)```", GUIDE.read_text(), re.S):
         if block.startswith(first_line + "\n"):
             return block[len(first_line) + 1:]
-    raise AssertionError(f"no README block starts with {first_line!r}")
+    raise AssertionError(f"no block of {GUIDE.name} starts with {first_line!r}")
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def user_code(monkeypatch):
 
 @pytest.fixture
 def project(tmp_path, monkeypatch, user_code):
-    """The README's myproject/ (outside the repo), as the working directory."""
+    """The docs' myproject/ (outside the repo), as the working directory."""
     root = tmp_path / "myproject"
     (root / "conf" / "model").mkdir(parents=True)
     (root / "tinynet.py").write_text(readme_block("# myproject/tinynet.py"))

@@ -1,4 +1,4 @@
-"""Data-parallel training (DDP) on the CPU: gloo, 2 worker processes, digits, as the README shows it."""
+"""Data-parallel training (DDP) on the CPU: gloo, 2 worker processes, digits, as the docs show it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`nettrain eval`, as the README shows it."""
+"""`nettrain eval`, as the docs show it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`nettrain export`, as the README shows it: ONNX and TorchScript, checked against PyTorch."""
+"""`nettrain export`, as the docs show it: ONNX and TorchScript, checked against PyTorch."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fine-tuning and transfer learning, as the README shows it: model.init_from, model.pretrained,
+"""Fine-tuning and transfer learning, as the docs show it: model.init_from, model.pretrained,
 model.freeze and optimizer.backbone_lr_factor."""
 
 from __future__ import annotations

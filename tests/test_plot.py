@@ -1,4 +1,4 @@
-"""`nettrain plot RUN_DIR`, as the README shows it."""
+"""`nettrain plot RUN_DIR`, as the docs show it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`nettrain predict`, as the README shows it: images, folders, CSV rows; table, JSON, CSV output."""
+"""`nettrain predict`, as the docs show it: images, folders, CSV rows; table, JSON, CSV output."""
 
 from __future__ import annotations
 

@@ -64,6 +64,26 @@ def comments(path: Path) -> tuple[str, dict[str, str]]:
     return " ".join(about), found
 
 
+@cache
+def any_comment() -> dict[str, str]:
+    """{dotted key: its comment} from every config file, for a key whose own file says nothing (an experiment's
+    `model.dropout=0.2` is explained where model.dropout is)."""
+    found: dict[str, str] = {}
+    root = configs_dir()
+    for path in sorted(root.rglob("*.yaml")):
+        group = path.parent.relative_to(root).as_posix()
+        prefix = "" if group == "." or group.split("/")[0] in ("experiment", "debug", "hparams_search", "hydra") else f"{group}."
+        for key, comment in comments(path)[1].items():
+            if comment:
+                found.setdefault(prefix + key, comment)
+    return found
+
+
+def comment_for(path: Path, key: str, dotted: str) -> str:
+    """`key`'s comment in its own file `path`, else what another config file says of `dotted` (the full key)."""
+    return comments(path)[1].get(key) or any_comment().get(dotted, "")
+
+
 def source_file(key: str, choices: dict[str, Any], primary: str) -> tuple[Path, str]:
     """The config file that defines `key` and the key's name inside it."""
     group, _, rest = key.partition(".")
@@ -132,7 +152,7 @@ def render(cfg: DictConfig, choices: dict[str, Any], header: str, footer: str, p
             if about:
                 lines += _wrap(about, 2, width)
         path, name = source_file(key, choices, primary)
-        comment = comments(path)[1].get(name, "")
+        comment = comment_for(path, name, key)
         line = f"  {key}={_show(value)}"
         if comment and len(line) + 2 + len(comment) <= width:
             lines.append(f"{line}  {comment}")
@@ -171,3 +191,30 @@ def own_keys_help(config_name: str) -> str:
     lines += ["", *_wrap("Every key and group of nettrain train works here too (model=, data=, optimizer.lr=, ...): "
                          "`nettrain train --help` lists them with what they do.", 0, width), "", cfg.hydra.help.footer.rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def reference_markdown() -> str:
+    """docs/reference.md: every config group, each option's keys with their defaults and what they do, from the
+    config files themselves (scripts/make_config_reference.py writes it; a test keeps it current)."""
+    lines = ["# Config reference", "",
+             "Every key of every config file, with its default and what it does, as the files themselves say it",
+             "(`nettrain train GROUP=OPTION --help` shows the same for the choices given). Generated from `configs/`",
+             "by `scripts/make_config_reference.py`.", ""]
+    root = configs_dir()
+    for path in [root / "train.yaml", *sorted(p for p in root.rglob("*.yaml") if p.parent != root and "hydra" not in p.parts)]:
+        about = comments(path)[0]
+        cfg = OmegaConf.load(path)
+        group = path.parent.relative_to(root).as_posix()
+        prefix = "" if path.parent == root or group in ("experiment", "debug", "hparams_search") else f"{group}."
+        keys = _leaves(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("defaults", "hydra")]))
+        title = "train.yaml (top-level keys)" if path.parent == root else f"{path.parent.relative_to(root)}={path.stem}"
+        lines += [f"## {title}", ""]
+        if about:
+            lines += [about, ""]
+        if keys:
+            lines += ["| key | default | what it does |", "|---|---|---|"]
+            for key, value in keys:
+                shown, what = (text.replace("|", "\\|") for text in (_show(value), comment_for(path, key, prefix + key)))
+                lines.append(f"| `{key}` | `{shown}` | {what} |")
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -4,7 +4,7 @@ Layouts of `data.root`:
   root/train/<class>/...  root/val/<class>/...  [root/test/<class>/...]   (val optional: else split)
   root/<class>/...                                 split by a seeded, stratified data.val_fraction
 Files are found recursively inside each class folder; hidden files and folders (.DS_Store,
-.nettrain_cache) are ignored. Every image is decoded by `transforms.decode` (any mode to
+an old .nettrain_cache) are ignored. Every image is decoded by `transforms.decode` (any mode to
 data.channels, shorter side to data.image_size, centre crop) into uint8; the loaders normalize and
 augment whole batches on the training device (`augment.py`).
 

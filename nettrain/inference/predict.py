@@ -101,7 +101,7 @@ def _inputs(loaded: Loaded, path: Path, given: str) -> tuple[list[tuple[str, Any
     kind = preprocessing.get("kind")
     if kind == "image":
         if path.is_dir():
-            # Hidden files and folders (.DS_Store, ._photo.jpg, .nettrain_cache) are not inputs.
+            # Hidden files and folders (.DS_Store, ._photo.jpg) are not inputs.
             files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
                            and not any(part.startswith(".") for part in f.relative_to(path).parts))
             if not files:

@@ -6,7 +6,7 @@ is the average of the network's answer (weight 1) and the rows' targets (weights
 training, or one very near it, so answers as it did there, while far rows weigh next to nothing and the
 network's own answer stands for rows unlike any it trained on. Tables repeat rows (a third of the UCI
 white-wine val rows copy a training row): a forest recalls them through its deep trees, whereas an MLP
-must over-train to, and loses what it had learned for new rows on the way (see the README's Quality table).
+must over-train to, and loses what it had learned for new rows on the way (see docs/recipes.md).
 
 The rows are the training split as the model sees it (preprocessed), held in the model's state: every
 checkpoint, and so eval, predict and export, carries them.
