@@ -34,10 +34,11 @@ def test_mnist_recipe_keeps_glyphs_small_gray_and_unmirrored(tmp_path):
     assert cfg["trainer"]["tta"] is None and cfg["early_stopping"]["monitor"] == "val_accuracy"
 
 
-@pytest.mark.parametrize("recipe, policy", [("cats_dogs", "crop"), ("cifar10", "crop")])
+@pytest.mark.parametrize("recipe, policy", [("cats_dogs", "crop"), ("cifar10", "crop"), ("cifar10_fast", "crop")])
 def test_photo_recipes_crop_flip_and_average_the_mirror(tmp_path, recipe, policy):
     root = image_folder(tmp_path / "photos", per_class=4)
-    extra = ["data=imagefolder"] if recipe == "cifar10" else ["model.channels=[4,8]"]
+    extra = {"cifar10": ["data=imagefolder"], "cifar10_fast": ["data=imagefolder", "data.cache=true", "model.channels=[4,4,8,8]"],
+             "cats_dogs": ["model.channels=[4,8]"]}[recipe]
     run_dir = train(tmp_path, f"+experiment={recipe}", f"data.root={root}", "data.image_size=16", *extra, *SHORT)
     cfg = load_checkpoint(run_dir)["config"]
     assert cfg["trainer"]["tta"] == "flip" and cfg["loss"]["label_smoothing"] > 0
@@ -67,3 +68,16 @@ def test_tabular_recipe_watches_what_matters_for_the_target(tmp_path, table, tar
     m = metrics(run_dir)
     assert load_checkpoint(run_dir)["config"]["early_stopping"]["monitor"] == monitor
     assert monitor in m["history"][-1] and m["best"][monitor] == m["history"][m["best_epoch"] - 1][monitor]
+
+
+def test_the_speed_recipe_trains_from_torchvisions_cifar_files_with_an_average_of_its_weights(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar
+
+    from datagen import cifar10_files
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)  # generated files
+    root = cifar10_files(tmp_path / "cifar", per_batch=20)
+    run_dir = train(tmp_path, "+experiment=cifar10_fast", f"data.root={root}", "model.channels=[4,4,8,8]", *SHORT)
+    ckpt = load_checkpoint(run_dir)
+    assert ckpt["config"]["model"]["name"] == "resnet9" and ckpt["ema_updates"] == 2
+    assert metrics(run_dir)["status"] == "completed"

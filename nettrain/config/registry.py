@@ -124,6 +124,10 @@ MODELS.register("cnn", "nettrain.models.vision:cnn", inputs=("image",), quantize
 for depth in (18, 34, 50):
     MODELS.register(f"resnet{depth}", f"nettrain.models.vision:resnet{depth}", inputs=("image",), weights="imagenet",
                     prepare="nettrain.models.weights:fetch_pretrained", quantize="static")
+MODELS.register("resnet9", "nettrain.models.vision:resnet9", inputs=("image",), quantize="static", rules=(
+    ("channels", lambda v: int_list(v) and len(v) == 4, "must be 4 integers >= 1: the stem's and the three stages' widths"),
+    ("scale", number(above=0), "must be a number > 0"),
+))
 for inception in ("inception_v3", "googlenet"):
     MODELS.register(inception, f"nettrain.models.vision:{inception}", inputs=("image",), quantize="static")
 MODELS.register("timm", "nettrain.models.timm_models:timm_model", inputs=("image",), weights="timm",

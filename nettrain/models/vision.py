@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torchvision
 from omegaconf import DictConfig
-from torch import nn
+from torch import Tensor, nn
 
 from nettrain.data.spec import DataSpec
 from nettrain.errors import invalid
@@ -84,3 +84,44 @@ def _inception(name: str) -> Callable[[DictConfig, DataSpec], Net]:
 
 inception_v3 = _inception("inception_v3")
 googlenet = _inception("googlenet")
+
+
+class Residual(nn.Module):
+    """x + f(x)."""
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__()
+        self.f = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.f(x)
+
+
+class Scale(nn.Module):
+    """Multiplies by a constant: the ResNet-9 recipes scale the pooled features (so the logits) down, which
+    with label smoothing keeps the early steps of a high learning rate from saturating the softmax."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.factor
+
+
+def _conv_bn(channels_in: int, channels_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False), nn.BatchNorm2d(channels_out),
+            nn.ReLU(inplace=True)]
+
+
+def resnet9(cfg: DictConfig, spec: DataSpec) -> Net:
+    """The small residual net of the CIFAR-10 speed runs (DAWNBench's ResNet-9): a stem, then three stages of
+    conv-bn-relu and max-pooling, the first and last with a residual pair of convs; global max-pooling;
+    batch norm everywhere and no conv biases."""
+    stem, first, second, third = cfg.channels
+    layers = [*_conv_bn(spec.input_shape[0], stem),
+              *_conv_bn(stem, first), nn.MaxPool2d(2), Residual(*_conv_bn(first, first), *_conv_bn(first, first)),
+              *_conv_bn(first, second), nn.MaxPool2d(2),
+              *_conv_bn(second, third), nn.MaxPool2d(2), Residual(*_conv_bn(third, third), *_conv_bn(third, third)),
+              nn.AdaptiveMaxPool2d(1), nn.Flatten(), Scale(cfg.scale)]
+    return Net(nn.Sequential(*layers), third, spec.num_classes, cfg.dropout, convolutional=True)
