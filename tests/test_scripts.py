@@ -22,3 +22,38 @@ def test_quality_scores_the_tabular_recipe_on_an_ai4i_like_table(tmp_path):
     assert result["status"] == "completed" and result["epochs"] == 2
     assert 0 <= result["f1"] <= 1 and 0 <= result["reference"]["f1"] <= 1  # the failures' F1, ours and the forest's
     assert result["reference"]["split"] == "trainer.seed=1, data.val_fraction=0.2"  # the forest on the run's own split
+
+
+def test_gpu_check_unpacks_cifar_and_runs_a_recipe_with_its_evals_here_on_the_cpu(tmp_path, monkeypatch):
+    """What only a lent GPU runs whole (scripts/gpu_check.py), checked here on tiny data: the npz unpacked into
+    an image folder, a recipe trained on it, eval reproducing val, and test accuracy when there is a test split."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(SCRIPTS))
+    import gpu_check
+
+    rng = np.random.default_rng(0)
+    blobs, labels = [], []
+    for k in range(10):
+        for _ in range(12):
+            buffer = io.BytesIO()
+            Image.fromarray((rng.integers(0, 40, (32, 32, 3)) + k * 20).astype(np.uint8)).save(buffer, "JPEG")
+            blobs.append(np.frombuffer(buffer.getvalue(), np.uint8))
+            labels.append(k)
+    offsets = np.cumsum([0] + [len(b) for b in blobs])
+    np.savez(tmp_path / "c.npz", jpeg=np.concatenate(blobs), offsets=offsets, labels=np.array(labels),
+             classes=np.array([f"c{k}" for k in range(10)]))
+    folder = gpu_check.unpack_npz(tmp_path / "c.npz", tmp_path / "cifar", val_per_class=3)
+    assert len(list((folder / "train" / "c0").iterdir())) == 9 and len(list((folder / "val" / "c0").iterdir())) == 3
+    (folder / "test").symlink_to(folder / "val")  # the official test set, where a user has it
+    monkeypatch.chdir(tmp_path)
+    tiny = ["trainer.device=cpu", "model.channels=[4,4,8,8]", "trainer.max_epochs=1", "data.batch_size=16",
+            "trainer.precision=32"]
+    part = gpu_check.cifar_part("cifar10_fast", (0,), ["data=imagefolder", f"data.root={folder}", "data.cache=true"],
+                                tmp_path, tiny)
+    (run,) = part["runs"]
+    assert part["ok"] and run["eval_reproduces_val"] and run["epochs"] == 1
+    assert 0 <= run["val_accuracy"] <= 1 and 0 <= run["test_accuracy"] <= 1 and "test" in part["result"]
