@@ -152,13 +152,20 @@ def setup(cfg: DictConfig) -> Runtime:
                    rank=rank, world_size=world_size)
 
 
-def compile_model(model: torch.nn.Module) -> torch.nn.Module:
-    """torch.compile, or the model as it is (with the reason) where compiling is not possible."""
+# trainer.compile's modes, as torch.compile names them; `true` is torch's default mode. `reduce-overhead` runs
+# each step's kernels as a CUDA graph (small models on a GPU are bound by launching kernels, not by arithmetic).
+COMPILE_MODES = {True: "default", "default": "default", "reduce-overhead": "reduce-overhead",
+                 "max-autotune": "max-autotune", "max-autotune-no-cudagraphs": "max-autotune-no-cudagraphs"}
+
+
+def compile_model(model: torch.nn.Module, mode: bool | str = True) -> torch.nn.Module:
+    """torch.compile in `mode` (trainer.compile), or the model as it is (with the reason) where compiling is not
+    possible."""
     try:
-        return torch.compile(model)
+        return torch.compile(model, mode=COMPILE_MODES[mode])
     except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
-        logging.getLogger("nettrain").warning("trainer.compile=true: torch.compile is unavailable here (%s); "
-                                              "training without it", str(e).splitlines()[0])
+        logging.getLogger("nettrain").warning("trainer.compile=%s: torch.compile is unavailable here (%s); "
+                                              "training without it", mode, str(e).splitlines()[0])
         return model
 
 

@@ -72,7 +72,8 @@ def test_every_precision_trains_on_cuda(tmp_path, precision):
     assert metrics(run_dir)["best"]["val_accuracy"] > 0.8
 
 
-@pytest.mark.parametrize("compile_", [False, pytest.param(True, marks=needs_gpu)])  # compiling takes minutes on 2 cores
+@pytest.mark.parametrize("compile_", [False, pytest.param(True, marks=needs_gpu),  # compiling takes minutes on 2 cores
+                                      pytest.param("reduce-overhead", marks=needs_gpu)])
 def test_a_channels_last_convnet_trains_and_compiles_on_cuda(tmp_path, compile_):
     root = mnist_files(tmp_path / "mnist", train=600)
     run_dir = train(tmp_path, *MLP, "model=cnn", "data=mnist", f"data.root={root}", "trainer.max_epochs=2",
@@ -144,3 +145,13 @@ def test_a_memory_of_rows_recalls_them_on_cuda_and_its_checkpoint_on_the_cpu(tmp
     on_gpu = _eval(run_dir / "checkpoints" / "best.pt", tmp_path / "gpu", f"device={DEVICE}")
     assert on_gpu["loss"] == pytest.approx(best["val_loss"], rel=1e-6) and on_gpu["accuracy"] == best["val_accuracy"]
     assert _eval(run_dir / "checkpoints" / "best.pt", tmp_path / "cpu", "device=cpu")["accuracy"] == best["val_accuracy"]
+
+
+@pytest.mark.parametrize("setting, mode", [("true", "default"), ("reduce-overhead", "reduce-overhead")])
+def test_trainer_compile_hands_torch_its_mode(tmp_path, monkeypatch, setting, mode):
+    """What a GPU runs (CUDA graphs for small models), as far as the CPU can tell: the training model is
+    compiled in the mode asked for, and only it (validation and checkpoints read the plain module)."""
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    run_dir = train(tmp_path, *MLP, "trainer.max_epochs=1", f"trainer.compile={setting}")
+    assert modes == [mode] and metrics(run_dir)["status"] == "completed"

@@ -179,7 +179,7 @@ def set_up(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None) -> Run:
     if rt.distributed:
         run.train_model = distributed.wrap(model, rt.device)
     if t.compile:
-        run.train_model = runtime.compile_model(run.train_model)
+        run.train_model = runtime.compile_model(run.train_model, t.compile)
     return run
 
 
