@@ -66,7 +66,7 @@ def predict(ckpt: str | Path, source: str | Path | None, *, batch_size: int = 64
             chunk = inputs[start:start + batch_size]
             names, batch = _encode(chunk, encode, results.failures)
             if names:
-                results.predictions += _predict_batch(loaded, names, batch, decision)
+                results.predictions += predict_batch(loaded, names, batch, decision)
             bar.advance(len(chunk))
     if not results.predictions:
         if len(inputs) == 1:
@@ -140,7 +140,7 @@ def _text_input(loaded: Loaded, text: str) -> tuple[list[tuple[str, Any]], Calla
     return [(text, text)], encoder_for(loaded.spec.preprocessing)
 
 
-def _predict_batch(loaded: Loaded, names: list[str], batch: Tensor, decision: Any = None) -> list[Prediction]:
+def predict_batch(loaded: Loaded, names: list[str], batch: Tensor, decision: Any = None) -> list[Prediction]:
     """Predictions for one batch; a binary `decision` (nettrain.inference.decision.Decision) picks the class by its
     threshold, the probabilities stay the softmax ones."""
     with torch.inference_mode():
