@@ -208,7 +208,7 @@ async def load(url: str, inputs: list[Any], clients: int, requests: int) -> dict
 def over_http(run: Path, inputs: list[Any], levels: list[int], requests: int, extra: list[str]) -> list[dict[str, Any]]:
     proc, url = start_server(run, extra)
     try:
-        asyncio.run(load(url, inputs, 4, 40))  # warm-up: first calls, connections
+        asyncio.run(load(url, inputs, 4, min(40, requests)))  # warm-up: the first calls
         return [asyncio.run(load(url, inputs, clients, max(requests, 4 * clients))) for clients in levels]
     finally:
         proc.terminate()

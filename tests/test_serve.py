@@ -243,6 +243,29 @@ def test_feedback_by_id_and_by_input_is_stored_before_the_answer(image_server):
     assert client.post("/feedback", json={"id": q["id"], "label": "3"}).status_code == 404
 
 
+def test_a_disk_that_refuses_feedback_and_a_failing_model_are_one_line_and_the_server_goes_on(image_server, monkeypatch):
+    client, service = image_server
+    [p] = client.post("/predict", json={"inputs": [b64(png(21))]}).json()["predictions"]
+
+    def full_disk(record: object) -> None:
+        raise OSError(28, "No space left on device", str(service.store.path))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(service.store, "add", full_disk)
+        refused = client.post("/feedback", json={"id": p["id"], "label": "1"})
+        assert refused.status_code == 503 and error_of(refused).startswith("feedback not stored: cannot write or read")
+    assert client.post("/feedback", json={"id": p["id"], "label": "1"}).json()["stored"] is True  # nothing half-kept
+
+    def broken(batch: object) -> None:
+        raise RuntimeError("out of memory\nmore lines of a traceback")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(service.loaded, "model", broken)
+        failed = client.post("/predict", json={"inputs": [b64(png(22))]})
+        assert failed.status_code == 500 and error_of(failed) == "the model failed on this batch: out of memory"
+    assert client.post("/predict", json={"inputs": [b64(png(22))]}).status_code == 200
+
+
 def _serve_subprocess(run: Path, *args: str) -> tuple[subprocess.Popen, str]:
     """`nettrain serve RUN port=0 ...` as from a shell, and its URL once it serves."""
     proc = subprocess.Popen([sys.executable, "-m", "nettrain", "serve", str(run), "port=0", *args],
@@ -435,3 +458,15 @@ def test_a_port_in_use_is_said_before_the_model_loads(tmp_path, capsys):
         port = taken.getsockname()[1]
         assert run_in_process("serve", str(tmp_path / "no-run-here"), f"port={port}") == 2
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
+
+
+def test_the_serving_benchmark_runs_as_its_docstring_shows(image_run, tmp_path):
+    shutil.copytree(image_run, tmp_path / "digits")  # a run it finds in --out is reused, not trained again
+    script = Path(__file__).parents[1] / "scripts" / "bench_serve.py"
+    proc = subprocess.run([sys.executable, script, "--models", "digits", "--clients", "1,2", "--requests", "8", "--json",
+                           "--out", tmp_path], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(proc.stdout)
+    assert [(r["mode"], r["clients"]) for r in rows] == [("in-process, batch 1", 1), ("in-process, batch 64", 1),
+                                                         ("HTTP", 1), ("HTTP", 2)]
+    assert all(r["inputs_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
