@@ -55,8 +55,15 @@ class FeedbackStore:
             self.folder.mkdir(exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             _fsync_dir(self.folder)  # the new file's name survives a crash too
-        os.write(self._fd, line)  # one write of a whole line: O_APPEND never interleaves it with another
-        os.fsync(self._fd)
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            written = os.write(self._fd, line)  # one write of a whole line: O_APPEND never interleaves it
+            while written < len(line):  # a short write (a disk filling up): the rest, or the error below
+                written += os.write(self._fd, line[written:])
+            os.fsync(self._fd)
+        except OSError:
+            os.ftruncate(self._fd, start)  # never a torn line in the middle of the file: every later record stays readable
+            raise
 
     def close(self) -> None:
         if self._fd is not None:
