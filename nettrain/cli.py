@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("nettrain.commands.eval:main", "a checkpoint's loss, accuracy, per-class metrics, confusion matrix"),
     "predict": ("nettrain.commands.predict:main", "predict classes with probabilities for images, folders or CSV rows"),
     "export": ("nettrain.commands.export:main", "a checkpoint as ONNX or TorchScript, checked against PyTorch"),
+    "generate": ("nettrain.commands.generate:main", "write text with a language model, streamed as it comes"),
     "plot": ("nettrain.commands.plot:main", "draw a run's train vs val loss and accuracy curves as a PNG"),
     "lr-find": ("nettrain.commands.lr_find:main", "learning-rate range test: suggests an lr for a train config"),
     "runs": ("nettrain.commands.runs:main", "list the runs under outputs/ with their status and best metrics"),

@@ -43,6 +43,7 @@ from nettrain.config.resolvers import register_resolvers  # noqa: E402
 from nettrain.config.rules import validate  # noqa: E402
 from nettrain.data.base import DataContext  # noqa: E402
 from nettrain.data.build import build_data  # noqa: E402
+from nettrain.data.loaders import BlockLoader  # noqa: E402
 from nettrain.models.build import build_model  # noqa: E402
 from nettrain.models.losses import build_loss  # noqa: E402
 from nettrain.records.console import console  # noqa: E402
@@ -62,6 +63,7 @@ class Case:
     # On a GPU, real-size epochs (thousands of steps a round, not a few batches): these overrides win.
     gpu: list[str] = field(default_factory=list)
     gpu_epochs: int | None = None
+    note: str | None = None                     # printed under the table: what a sample of this case is
 
 
 def cifar10(root: Path, full: bool) -> None:
@@ -88,6 +90,14 @@ CASES = [
     Case("resnet18_32px", ["model=resnet18", "data=cifar10", "data.root={root}", "data.augment=none",
                            "data.batch_size=32", "trainer.limit_train_batches=3"], epochs=2,
          make_data=cifar10, gpu=["data.batch_size=512", "trainer.limit_train_batches=null"]),
+    # A character-level GPT (nanoGPT's laptop size) on generated text: batches of random blocks of token ids.
+    Case("gpt_char", ["data=text_lm", "model=gpt", "data.path={root}/text.txt", "model.n_layer=4", "model.n_head=4",
+                      "model.n_embd=128", "model.dropout=0", "model.samples=0", "data.block_size=64", "data.batch_size=16",
+                      "data.batches_per_epoch=40", "optimizer=adamw"], epochs=2,
+         make_data=lambda root, full: datagen.sentences(root / "text.txt", lines=20_000), gpu_epochs=10,
+         gpu=["model.n_layer=6", "model.n_head=6", "model.n_embd=384", "data.block_size=256", "data.batch_size=64",
+              "data.batches_per_epoch=100"],
+         note="gpt_char: a sample is a block of 64 characters (256 on a GPU); tokens/s = samples/s x that"),
     Case("resnet50_224px", ["model=resnet50", "data=imagefolder", "data.root={root}", "data.image_size=224",
                             "data.cache=true", "data.augment=none", "data.batch_size=128"], epochs=2,
          make_data=lambda root, full: datagen.image_folder(root, per_class=2500, classes=("cat", "dog")), gpu_only=True),
@@ -121,6 +131,29 @@ def nettrain_rates(cfg: DictConfig, epochs: int, work: Path) -> list[float]:
     return [h["train_samples_per_sec"] for h in result["history"]]
 
 
+def hand_steps(train: Any, batch: int, limit: int | None) -> int:
+    """Batches an epoch of the hand-written loops: as many as the data holds (a language model's: as many as
+    nettrain's epoch draws), at most `limit`."""
+    return min(len(train) if isinstance(train, BlockLoader) else len(train.y) // batch, limit or math.inf)
+
+
+def hand_batches(train: Any, batch: int, steps: int, epoch: int, device: torch.device) -> Any:
+    """The batches a hand-written loop draws: slices of a shuffled order of in-memory tensors; for a language
+    model, random blocks of its token ids and the tokens after them (nanoGPT's get_batch, in one gather)."""
+    if isinstance(train, BlockLoader):
+        offsets = torch.arange(train.block_size + 1, device=train.ids.device)
+        for _ in range(steps):
+            starts = torch.randint(len(train.ids) - train.block_size, (batch,), device=train.ids.device)
+            blocks = train.ids[starts.unsqueeze(1) + offsets].long()
+            yield blocks[:, :-1].to(device, non_blocking=True), blocks[:, 1:].to(device, non_blocking=True)
+        return
+    order = torch.randperm(len(train.y), device=train.x.device)
+    for k in range(steps):
+        idx = order[k * batch:(k + 1) * batch]
+        x, y = train.x[idx].to(device, non_blocking=True), train.y[idx].to(device, non_blocking=True)
+        yield (train.transform(x, epoch, k) if train.transform is not None else x), y
+
+
 def raw_rates(cfg: DictConfig, epochs: int) -> list[float]:
     """The loop one writes by hand: shuffle, slice, forward, loss, backward, step. Device, threads,
     precision and seed are set as nettrain sets them; the model, optimizer, loss and data are
@@ -128,26 +161,21 @@ def raw_rates(cfg: DictConfig, epochs: int) -> list[float]:
     rt = runtime.setup(cfg.trainer)
     data = build_data(cfg.data, DataContext(seed=cfg.trainer.seed, device=rt.device, resident=rt.device.type == "cuda"))
     model = build_model(cfg.model, data.spec)
-    if rt.device.type == "cpu":
-        torch.set_num_threads(cfg.trainer.threads or runtime.choose_threads(model, cfg.data.batch_size)[0])
-    channels_last = rt.channels_last and model.convolutional
+    batch = cfg.data.batch_size
+    if rt.device.type == "cpu":  # as nettrain chooses them: a language model's work counts its tokens
+        tokens = data.spec.input_shape[0] if data.spec.task == "lm" else 1
+        torch.set_num_threads(cfg.trainer.threads or runtime.choose_threads(model, batch * tokens)[0])
+    channels_last = rt.channels_last and getattr(model, "convolutional", False)
     model.to(rt.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = build_optimizer(cfg.optimizer, model)
     criterion = build_loss(cfg.loss, data.spec).to(rt.device)
-    x_all, y_all, transform = data.train.x, data.train.y, data.train.transform
-    batch = cfg.data.batch_size
-    steps = min(len(y_all) // batch, cfg.trainer.limit_train_batches or math.inf)
+    steps = hand_steps(data.train, batch, cfg.trainer.limit_train_batches)
     model.train()
     rates = []
     for epoch in range(epochs):
         sync(rt.device)
         start = time.perf_counter()
-        order = torch.randperm(len(y_all), device=x_all.device)
-        for k in range(steps):
-            idx = order[k * batch:(k + 1) * batch]
-            x, y = x_all[idx].to(rt.device, non_blocking=True), y_all[idx].to(rt.device, non_blocking=True)
-            if transform is not None:
-                x = transform(x, epoch, k)
+        for x, y in hand_batches(data.train, batch, steps, epoch, rt.device):
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
@@ -175,20 +203,16 @@ def lightning_rates(cfg: DictConfig, epochs: int) -> list[float] | None:
     model = build_model(cfg.model, data.spec)
     criterion = build_loss(cfg.loss, data.spec)
     batch = cfg.data.batch_size
-    steps = min(len(data.train.y) // batch, cfg.trainer.limit_train_batches or math.inf)
+    steps = hand_steps(data.train, batch, cfg.trainer.limit_train_batches)
 
     class Batches:
-        """The raw loop's batches (shuffle and slice), as the iterable Lightning asks for."""
+        """The raw loop's batches (shuffle and slice, or random blocks), as the iterable Lightning asks for."""
 
         def __len__(self) -> int:
             return steps
 
         def __iter__(self) -> Any:
-            order = torch.randperm(len(data.train.y), device=data.train.x.device)
-            for k in range(steps):
-                idx = order[k * batch:(k + 1) * batch]
-                x = data.train.x[idx]
-                yield (data.train.transform(x, 0, k) if data.train.transform else x), data.train.y[idx]
+            return hand_batches(data.train, batch, steps, 0, rt.device)
 
     class Module(pl.LightningModule):
         def __init__(self) -> None:
@@ -366,6 +390,8 @@ def main() -> None:
             rows.append(measure_case(case, cfg, epochs, args.rounds, case.ddp and not args.no_ddp and not cuda, work))
             if args.threads and not cuda:
                 rows[-1] |= thread_rates(cfg, epochs, work)
+            if case.note:
+                notes.append(case.note)
             if "lightning" not in rows[-1]:
                 notes.append("lightning: not installed (pip install lightning), not measured")
         if not args.no_startup:

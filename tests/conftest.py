@@ -49,7 +49,7 @@ def metrics(run_dir: Path) -> dict[str, Any]:
 
 def history(run_dir: Path) -> list[dict[str, Any]]:
     """metrics.json's epochs less their timings, which differ from run to run: what a resume must replay."""
-    return [{k: v for k, v in r.items() if k not in ("seconds", "train_samples_per_sec")}
+    return [{k: v for k, v in r.items() if k not in ("seconds", "train_samples_per_sec", "train_tokens_per_sec")}
             for r in metrics(run_dir)["history"]]
 
 

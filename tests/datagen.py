@@ -1,4 +1,4 @@
-"""Small datasets the data tests generate: image folders, torchvision's on-disk formats, CSV files."""
+"""Small datasets the data tests generate: image folders, torchvision's on-disk formats, CSV files, plain text."""
 
 from __future__ import annotations
 
@@ -118,4 +118,18 @@ def repeated_rows(path: Path, unique: int = 60, copies: int = 4, task: str = "cl
     table = pd.DataFrame(x, columns=["a", "b", "c"]).assign(target=target)
     table = table.loc[table.index.repeat(copies)].sample(frac=1, random_state=seed)
     table.to_csv(path, index=False)
+    return path
+
+
+SUBJECTS = ["the cat", "a dog", "the bird", "my friend", "the king", "a child"]
+VERBS = ["sees", "likes", "finds", "sings to", "waits for", "runs from"]
+OBJECTS = ["the moon", "a tree", "the sea", "a song", "the queen", "the rain"]
+
+
+def sentences(path: Path, lines: int = 600, seed: int = 0) -> Path:
+    """Plain text for a language model: sentences of a small grammar, one a line (24 distinct characters), whose
+    words and order a tiny GPT learns in a few hundred steps."""
+    rng = np.random.default_rng(seed)
+    pick = lambda words: words[rng.integers(len(words))]  # noqa: E731
+    path.write_text("".join(f"{pick(SUBJECTS)} {pick(VERBS)} {pick(OBJECTS)}.\n" for _ in range(lines)), encoding="utf-8")
     return path

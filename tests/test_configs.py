@@ -70,7 +70,7 @@ def test_conflicting_hydra_modes_are_one_line(tmp_path, capsys):
 def test_help_lists_the_config_groups(tmp_path):
     assert "train" in nettrain("--help", cwd=tmp_path).stdout
     out = nettrain("train", "--help", cwd=tmp_path).stdout
-    assert "  model: bag cnn googlenet hf inception_v3 *mlp resnet18 resnet34 resnet50 timm" in out
+    assert "  model: bag cnn googlenet gpt hf inception_v3 *mlp resnet18 resnet34 resnet50" in out
 
 
 def test_user_experiments_from_their_own_config_dir(tmp_path):

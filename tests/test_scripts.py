@@ -57,3 +57,22 @@ def test_gpu_check_unpacks_cifar_and_runs_a_recipe_with_its_evals_here_on_the_cp
     (run,) = part["runs"]
     assert part["ok"] and run["eval_reproduces_val"] and run["epochs"] == 1
     assert 0 <= run["val_accuracy"] <= 1 and 0 <= run["test_accuracy"] <= 1 and "test" in part["result"]
+
+
+def test_bench_lm_trains_a_recipe_and_prints_its_curve_and_a_sample(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    import datagen
+
+    text = datagen.sentences(tmp_path / "t.txt", lines=800)
+    tiny = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "data.block_size=16", "data.batch_size=8",
+            "data.batches_per_epoch=10", "trainer.max_steps=30", "trainer.threads=1"]
+    proc = subprocess.run([sys.executable, SCRIPTS / "bench_lm.py", "--data", text, "--target", "3.0", "--prompt", "the",
+                           "--tokens", "20", *tiny], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("gpt: ") and lines[1].split() == ["epoch", "step", "seconds", "val", "loss", "val", "bpc",
+                                                                 "train", "loss"]
+    assert [line.split()[1] for line in lines[2:5]] == ["10", "20", "30"]
+    assert any(line.startswith("val loss <= 3.0: first at step") for line in lines)
+    header = next(i for i, line in enumerate(lines) if line.startswith("nettrain generate RUN prompt='the'"))
+    assert lines[header + 2].startswith("the")  # the sample, after a blank line

@@ -31,8 +31,12 @@ usage: nettrain eval [ckpt=]PATH [split=val|test] [output=DIR] [--json]
 Evaluate a checkpoint (a .pt file, or a run dir for its checkpoints/best.pt) on
 the val split (default) or the test split of its data: loss, accuracy,
 per-class precision / recall / F1 and the confusion matrix (regression: loss,
-RMSE, MAE, R2). The data is rebuilt from the checkpoint's config; data.KEY=VALUE
-changes it, e.g. data.root=DIR to evaluate on other files.
+RMSE, MAE, R2; a language model: loss in nats per token, bits per character,
+perplexity, next-token accuracy). The data is rebuilt from the checkpoint's
+config; data.KEY=VALUE changes it, e.g. data.root=DIR to evaluate on other
+files (a language model reads another text with its own vocabulary:
+data.path=other.txt measures its last 10 %, split=test data.test_path=other.txt
+all of it).
 
 A binary classifier decides as training's validation did at the checkpoint's
 epoch: by the threshold on its rare class's probability stored in the
@@ -62,11 +66,12 @@ MAX_CLASSES_SHOWN = 20  # larger confusion matrices go to the PNG only, without 
 def print_report(result: Evaluation) -> None:
     """The metrics as rich tables on stdout (the command's result; logs go to stderr)."""
     m, out = result.metrics, result_console()
-    summary = Table(title=f"{m['split']} split: {m['samples']} samples", show_header=False)
+    amount = f"{m['tokens']:,} tokens" if "tokens" in m else f"{m['samples']} samples"  # a language model's: tokens
+    summary = Table(title=f"{m['split']} split: {amount}", show_header=False)
     if "positive_class" in m:  # binary: what accuracy and the tables below are decided by
         summary.add_row("decision", f"{m['positive_class']} when its probability >= {m['threshold']:.4g}"
                         if m["threshold"] is not None else "argmax")
-    for key in ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1", "rmse", "mae", "r2"):
+    for key in ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1", "rmse", "mae", "r2", "bpc", "perplexity"):
         if key in m:
             summary.add_row(key, f"{m[key]:.2%}" if key == "accuracy" else f"{m[key]:.4f}")
     out.print(summary)

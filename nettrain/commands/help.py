@@ -70,7 +70,10 @@ def any_comment() -> dict[str, str]:
     `model.dropout=0.2` is explained where model.dropout is)."""
     found: dict[str, str] = {}
     root = configs_dir()
-    for path in sorted(root.rglob("*.yaml")):
+    overlays = ("experiment", "debug", "hparams_search")
+    # A group's own file says what its key does, first; an overlay's comment says why it chose its value (cats_dogs'
+    # trainer.max_steps "the budget: 60 epochs of 800 photos") and is the answer only where no group file has one.
+    for path in sorted(root.rglob("*.yaml"), key=lambda p: (p.parent.relative_to(root).parts[:1] in [(o,) for o in overlays], p)):
         group = path.parent.relative_to(root).as_posix()
         prefix = "" if group == "." or group.split("/")[0] in ("experiment", "debug", "hparams_search", "hydra") else f"{group}."
         for key, comment in comments(path)[1].items():

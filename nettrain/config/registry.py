@@ -146,6 +146,13 @@ MODELS.register("bag", "nettrain.models.text:bag", inputs=("text",), quantize="d
     ("ngrams", integer(at_least=1), "must be an integer >= 1 (1 = words only)"),
     ("buckets", *POSITIVE),
 ))
+MODELS.register("gpt", "nettrain.models.gpt:gpt", inputs=("text_lm",), quantize="dynamic",
+                prepare="nettrain.models.gpt:before_data", rules=(
+    ("n_layer", *POSITIVE), ("n_head", *POSITIVE), ("n_embd", *POSITIVE),
+    ("bias", *BOOLEAN),
+    ("samples", integer(at_least=0), "must be an integer >= 0 (texts generated at each validation)"),
+    ("sample_tokens", *POSITIVE),
+))
 MODELS.register("hf", "nettrain.models.hf:hf", inputs=("text",), quantize="dynamic", rules=(
     ("encoder", name, "must be a Hugging Face model name or folder"),
     ("pooling", one_of("mean", "first"), "allowed: mean, first"),
@@ -201,6 +208,18 @@ DATA.register("text", "nettrain.data.text:build", inputs=("text",), rules=_LABEL
     ("min_frequency", *POSITIVE),
     ("lowercase", *BOOLEAN),
     ("max_length", integer(at_least=2), "must be an integer >= 2 (tokens)"),
+))
+
+DATA.register("text_lm", "nettrain.data.text_lm:build", inputs=("text_lm",), rules=(
+    ("path", optional(name), "must be the path of a text file or a folder of .txt files"),
+    ("test_path", optional(name), "must be null or the path of a text file or a folder of .txt files"),
+    ("tokenizer", one_of("char", "bpe"), "allowed: char, bpe"),
+    ("vocabulary_from", lambda v: v is None or (name(v) and os.path.exists(absolute(v))),
+     "must be null or a language model's nettrain checkpoint or run dir (no such file or directory)"),
+    ("vocab_size", integer(at_least=257), "must be an integer >= 257 (the 256 bytes and at least one merge)"),
+    ("block_size", *POSITIVE),
+    ("batches_per_epoch", optional(integer(at_least=1)), "must be null (one pass over the training tokens) or an "
+                                                         "integer >= 1"),
 ))
 
 LOSSES = Registry("loss", user_keys=("name",))

@@ -18,7 +18,7 @@ from nettrain.config.user_code import check_target_modules
 from nettrain.errors import UserError, invalid
 
 MONITORS = ("auto", "val_loss", "val_accuracy", "train_loss", "train_accuracy", "val_rmse", "val_mae", "val_f1", "val_precision",
-            "val_recall")
+            "val_recall", "val_perplexity", "val_bpc")
 MAXIMIZED = ("accuracy", "f1", "precision", "recall")
 
 

@@ -46,6 +46,9 @@ class DataContext:
     eval_batch_size: int | None = None
     rank: int = 0
     world_size: int = 1
+    # The preprocessing of the model the data is for (eval, update): a source that encodes raw data by it (a
+    # language model's vocabulary) uses it instead of deriving its own from the data.
+    model_preprocessing: dict[str, Any] | None = None
 
 
 def tensor_loader(x: torch.Tensor, y: torch.Tensor, cfg: DictConfig, ctx: DataContext, *, train: bool,

@@ -3,7 +3,8 @@
 `batch_plan` decides which samples form each batch (shuffled per epoch by a generator seeded with
 the run's seed and the epoch number, sharded across data-parallel ranks). Two loaders follow it:
 `TensorLoader` slices whole in-memory tensors (no per-sample work at all), `StreamLoader` feeds the
-same plan to a torch DataLoader for data that is decoded on the fly. Because the plan depends only
+same plan to a torch DataLoader for data that is decoded on the fly; `BlockLoader` serves a language
+model's blocks of one long sequence of token ids. Because the plan depends only
 on (seed, epoch), a resumed run replays the exact data order, and `start` skips the batches an
 interrupted epoch already used.
 """
@@ -26,6 +27,11 @@ from torch.utils.data import DataLoader, Dataset
 BatchTransform = Callable[[Tensor, int, int], Tensor]
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator an epoch's order is drawn from: a function of the run's seed and the epoch alone."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
 def batch_plan(n: int, batch_size: int, *, epoch: int, seed: int, shuffle: bool, drop_last: bool,
                rank: int = 0, world_size: int = 1) -> list[Tensor]:
     """Index tensors of this rank's batches for one epoch.
@@ -36,8 +42,7 @@ def batch_plan(n: int, batch_size: int, *, epoch: int, seed: int, shuffle: bool,
     rank at the same number of steps; evaluation keeps all samples, each on exactly one rank.
     """
     if shuffle:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=g)
+        order = torch.randperm(n, generator=epoch_generator(seed, epoch))
     else:
         order = torch.arange(n)
     global_batch = batch_size * world_size
@@ -194,7 +199,58 @@ class StreamLoader(_Planned):
                 report(epoch, waited, time.perf_counter() - began)
 
 
-Loader = TensorLoader | StreamLoader  # a TextLoader is a TensorLoader
+class BlockLoader(_Planned):
+    """One long sequence of token ids served as blocks: x = ids[s : s+T] and its next tokens y = ids[s+1 : s+T+1]
+    (a language model's inputs and targets) for block starts s, T = `block_size`.
+
+    Training (`per_epoch` given) draws that many batches of random starts an epoch, with replacement (a
+    permutation of every start of a long text would be larger than its ids), from `epoch_generator`, as
+    `batch_plan` draws its shuffle: a resumed run replays them exactly. With several ranks each takes every
+    world_size-th start of the global batch, so the ranks' batch k together is the single process's batch k
+    of batch_size x world_size. Evaluation (`per_epoch` None) takes the consecutive non-overlapping blocks in
+    order (each token predicted once; a last partial block is left out), batched by `batch_plan`.
+    """
+
+    def __init__(self, ids: Tensor, block_size: int, *, batch_size: int, seed: int, per_epoch: int | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
+        starts = len(ids) - block_size if per_epoch is not None else (len(ids) - 1) // block_size
+        super().__init__(starts, batch_size=batch_size, shuffle=per_epoch is not None, seed=seed, drop_last=False,
+                         transform=None, rank=rank, world_size=world_size)
+        self.ids, self.block_size, self.per_epoch = ids, block_size, per_epoch
+        self.device = ids.device
+        self.offsets = torch.arange(block_size + 1, device=ids.device)
+
+    def to(self, device: torch.device) -> BlockLoader:
+        """Keep the ids resident on `device` (the GPU): a batch is then one gather there."""
+        self.ids, self.offsets, self.device = self.ids.to(device), self.offsets.to(device), torch.device(device)
+        return self
+
+    def plan(self, epoch: int) -> list[Tensor]:
+        """The block starts of this rank's batches."""
+        if self.per_epoch is None:
+            return [idx * self.block_size for idx in super().plan(epoch)]
+        starts = torch.randint(self.num_samples, (self.per_epoch, self.batch_size * self.world_size),
+                               generator=epoch_generator(self.seed, epoch))
+        return list(starts[:, self.rank::self.world_size])
+
+    def __len__(self) -> int:
+        return self.per_epoch if self.per_epoch is not None else super().__len__()
+
+    def batches(self, epoch: int, start: int = 0, device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """This epoch's (inputs, targets) from batch `start` on, moved to `device` (a no-op when resident)."""
+        plan = self.plan(epoch)[start:]
+        if not plan:
+            return
+        # The epoch's starts cross to the ids' device in one copy, not one per batch.
+        for starts in torch.cat(plan).to(self.device, non_blocking=True).split([len(s) for s in plan]):
+            blocks = self.ids[starts.unsqueeze(1) + self.offsets].long()  # [batch, T + 1]: one gather
+            x, y = blocks[:, :-1], blocks[:, 1:]
+            if device is not None:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            yield x, y
+
+
+Loader = TensorLoader | StreamLoader | BlockLoader  # a TextLoader is a TensorLoader
 
 
 class TextLoader(TensorLoader):

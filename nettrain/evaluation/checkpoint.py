@@ -32,8 +32,8 @@ from nettrain.runtime import Runtime, resolve_precision
 class Evaluation:
     split: str
     metrics: dict[str, Any]     # what metrics.json holds
-    outputs: Tensor             # model outputs per sample, in loader order (CPU)
-    targets: Tensor
+    outputs: Tensor | None      # model outputs per sample, in loader order (CPU); None for a language model
+    targets: Tensor | None
     spec: DataSpec
     run_dir: Path
 
@@ -55,7 +55,9 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: di
         cfg.data = OmegaConf.merge(cfg.data, data_overrides)
     validate(OmegaConf.create({"data": cfg.data}))  # only data: the run's other paths may be long gone
     t = cfg.trainer
-    data = build_data(cfg.data, DataContext(seed=t.seed, device=loaded.device,
+    # A language model reads any text with its own vocabulary (the text's own would give its ids other meanings).
+    own = loaded.spec.preprocessing if loaded.spec.task == "lm" else None
+    data = build_data(cfg.data, DataContext(seed=t.seed, device=loaded.device, model_preprocessing=own,
                                             eval_batch_size=t.eval_batch_size or 4 * cfg.data.batch_size))
     if data.spec.class_names != loaded.spec.class_names or data.spec.input_shape != loaded.spec.input_shape:
         raise UserError(f"the data does not match the model: it has classes {data.spec.class_names} and inputs "
@@ -72,10 +74,16 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: di
     criterion = build_loss(cfg.loss, loaded.spec, data.class_weights).to(loaded.device)
     # The precision training validated with, so val metrics come out as recorded.
     rt = Runtime(device=loaded.device, amp_dtype=resolve_precision(t.precision, loaded.device), channels_last=False)
+    lm = loaded.spec.task == "lm"  # its outputs are logits per token: measured as they come, never collected
     with step_bar(f"evaluating {split}", len(loader), samples_per_step=loader.batch_size) as bar:
         summary, outputs, targets = evaluate(loaded.model, loader, criterion, device=loaded.device,
-                                             task=loaded.spec.task, autocast=rt.autocast, collect=True,
-                                             on_batch=bar.advance)
+                                             task=loaded.spec.task, autocast=rt.autocast, collect=not lm,
+                                             on_batch=bar.advance, char_level=loaded.spec.char_level)
+    if lm:  # its samples are blocks of tokens, every token predicted
+        blocks = sum(len(starts) for starts in loader.plan(0))
+        return Evaluation(split, {"checkpoint": str(loaded.path), "split": split, "samples": blocks,
+                                  "tokens": blocks * loaded.spec.input_shape[0], **summary},
+                          None, None, loaded.spec, loaded.run_dir)
     if outputs is None:
         raise UserError(f"the {split} split of data={cfg.data.name} is empty")
     metrics: dict[str, Any] = {"checkpoint": str(loaded.path), "split": split, "samples": len(targets),

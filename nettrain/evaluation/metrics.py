@@ -1,4 +1,5 @@
-"""Loss and accuracy (or RMSE/MAE) summed on the device, read back only when reported."""
+"""Loss and accuracy (or RMSE/MAE; for a language model, per token: loss, perplexity, bits per character) summed
+on the device, read back only when reported."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from nettrain.data.loaders import Loader
 
 
 def _hits(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
-    """Correct predictions in a batch (for regression: the sum of absolute errors), a float64 scalar."""
+    """Correct predictions in a batch (for regression: the sum of absolute errors), a float64 scalar.
+    A language model's outputs are already its predicted tokens (`RunningTotals.add`)."""
+    if task == "lm":
+        return (outputs == targets).sum(dtype=torch.float64)
     if task == "regression":
         return (outputs.squeeze(-1).double() - targets.double()).abs().sum()
     if targets.dim() > 1:  # multi-hot targets: a sample is right when every label is
@@ -29,6 +33,9 @@ class RunningTotals:
     Every `every` batches they are counted at once, on their device and in float64, where sums of
     float32 losses are exact: a resumed run, whose batches are grouped differently, adds up to the
     same totals. They are read only when reported (the progress bar, the epoch's end).
+
+    A language model's samples are its tokens (the loss is a mean per token), and its step keeps only the
+    predicted tokens: 32 batches of logits [batch, block, vocabulary] would be gigabytes.
     """
 
     def __init__(self, device: torch.device, task: str, start: Tensor | None = None, every: int = 32) -> None:
@@ -37,7 +44,7 @@ class RunningTotals:
         self.pending: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def add(self, outputs: Tensor, targets: Tensor, loss: Tensor) -> None:
-        self.pending.append((outputs.detach(), targets, loss.detach()))
+        self.pending.append((outputs.detach().argmax(-1) if self.task == "lm" else outputs.detach(), targets, loss.detach()))
         if len(self.pending) == self.every:
             self._count()
 
@@ -49,10 +56,13 @@ class RunningTotals:
         self.pending.clear()
         by_size: dict[int, list[Tensor]] = {}  # every batch but an epoch's last is the same size: one group
         for target, loss in zip(targets, losses):
-            by_size.setdefault(target.shape[0], []).append(loss)
+            by_size.setdefault(self._samples(target), []).append(loss)
         loss_sum = sum(torch.stack(group).double().sum() * n for n, group in by_size.items())
         hits = _hits(torch.cat(outputs), torch.cat(targets), self.task)
-        self.values += torch.stack((loss_sum, hits, hits.new_full((), float(sum(len(t) for t in targets)))))
+        self.values += torch.stack((loss_sum, hits, hits.new_full((), float(sum(map(self._samples, targets))))))
+
+    def _samples(self, targets: Tensor) -> int:
+        return targets.numel() if self.task == "lm" else targets.shape[0]
 
     def mean_loss(self) -> float:
         """The epoch's mean loss so far, for the progress bar (on a GPU this read waits for the device)."""
@@ -66,10 +76,16 @@ class RunningTotals:
         return self.values.clone()
 
 
-def summarize(totals: Tensor, task: str) -> dict[str, float]:
-    """{loss, accuracy} for classification; {loss, rmse, mae} for regression (loss is the MSE)."""
+def summarize(totals: Tensor, task: str, char_level: bool = False) -> dict[str, float]:
+    """{loss, accuracy} for classification; {loss, rmse, mae} for regression (loss is the MSE); for a language
+    model {loss (nats per token), perplexity, accuracy (of the next token)}, and bpc, bits per character,
+    where a token is a character (`char_level`)."""
     loss_sum, hits, n = totals.tolist()
     n = max(n, 1.0)
+    if task == "lm":
+        loss = loss_sum / n
+        return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "accuracy": hits / n,
+                **({"bpc": loss / math.log(2)} if char_level else {})}
     if task == "regression":
         return {"loss": loss_sum / n, "rmse": math.sqrt(max(loss_sum / n, 0.0)), "mae": hits / n}
     return {"loss": loss_sum / n, "accuracy": hits / n}
@@ -78,12 +94,13 @@ def summarize(totals: Tensor, task: str) -> dict[str, float]:
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: Loader, criterion: nn.Module, *, device: torch.device, task: str,
              autocast: Callable[[], Any], limit: int | None = None, collect: bool = False,
-             reduce: Any = None, on_batch: Callable[[], None] | None = None
+             reduce: Any = None, on_batch: Callable[[], None] | None = None, char_level: bool = False
              ) -> tuple[dict[str, float], Tensor | None, Tensor | None]:
     """Metrics of `model` over `loader` (first `limit` batches). With `collect`, also every output
     and target (gathered on the device, returned on the CPU), for confusion matrices, per-class
     metrics and the decision threshold. `reduce` sums the totals
-    across data-parallel ranks; `on_batch` is called after each batch (a progress bar)."""
+    across data-parallel ranks; `on_batch` is called after each batch (a progress bar); `char_level`: a
+    language model's tokens are characters (see `summarize`)."""
     was_training = model.training
     model.eval()
     running = RunningTotals(device, task)
@@ -104,6 +121,7 @@ def evaluate(model: nn.Module, loader: Loader, criterion: nn.Module, *, device: 
     if reduce is not None:
         reduce(totals)
     model.train(was_training)
+    summary = summarize(totals, task, char_level)
     if not collect:
-        return summarize(totals, task), None, None
-    return summarize(totals, task), torch.cat(outputs).cpu() if outputs else None, torch.cat(targets).cpu() if targets else None
+        return summary, None, None
+    return summary, torch.cat(outputs).cpu() if outputs else None, torch.cat(targets).cpu() if targets else None

@@ -17,7 +17,7 @@ def write_report(result: Evaluation, output: Path) -> None:
     """metrics.json, the confusion matrix as a PNG and as a TensorBoard image, scalars for TensorBoard."""
     output.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(str(output))
-    for key in ("loss", "accuracy", "macro_f1", "f1", "threshold", "rmse", "mae", "r2"):
+    for key in ("loss", "accuracy", "macro_f1", "f1", "threshold", "rmse", "mae", "r2", "bpc", "perplexity"):
         if result.metrics.get(key) is not None:
             writer.add_scalar(f"eval_{result.split}/{key}", result.metrics[key], 0)
     if "confusion_matrix" in result.metrics:

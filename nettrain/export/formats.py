@@ -64,7 +64,7 @@ def export_checkpoint(ckpt: str | Path, fmt: str = "onnx", output: str | Path | 
     finally:
         tmp.unlink(missing_ok=True)
     info = describe(loaded, fmt, target, diff, tolerance)
-    if _is_text(loaded.spec):  # the tokenizer beside the model, ready for tokenizers.Tokenizer.from_file
+    if "tokenizer" in loaded.spec.preprocessing:  # the tokenizer beside the model, ready for tokenizers.Tokenizer.from_file
         atomic_write_text(target.parent / info["preprocessing"]["tokenizer_file"], loaded.spec.preprocessing["tokenizer"])
     atomic_write_text(target.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
     return target, info
@@ -79,17 +79,20 @@ def _output_path(loaded: Loaded, fmt: str, output: str | Path | None) -> Path:
 
 
 def _is_text(spec: Any) -> bool:
-    return spec.preprocessing.get("kind") == "text"
+    """Inputs of token ids, of any length up to the longest the model takes: a text classifier's or a language model's."""
+    return spec.preprocessing.get("kind") in ("text", "text_lm")
 
 
 def sample_input(spec: Any, batch: int, variant: int, generator: torch.Generator) -> torch.Tensor:
     """A batch like the model's inputs: random values, or for text random token ids of a length
-    that differs per variant (proving the sequence axis dynamic), the first row padded at the end."""
+    that differs per variant (proving the sequence axis dynamic), for a classifier the first row padded at the end."""
     if not _is_text(spec):
         return torch.randn(batch, *spec.input_shape, generator=generator)
     pre = spec.preprocessing
     length = min((8, 5, 13)[variant % 3], spec.input_shape[0])
     ids = torch.randint(0, pre["vocab_size"], (batch, length), generator=generator)
+    if spec.task == "lm":  # no padding: every position is a token of the text
+        return ids
     ids[ids == pre["pad_id"]] = (pre["pad_id"] + 1) % pre["vocab_size"]
     ids[0, length // 2 + 1:] = pre["pad_id"]
     return ids
@@ -104,9 +107,12 @@ def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, text: bool 
         raise UserError(f"format=onnx needs the {e.name} package: pip install onnx onnxscript onnxruntime") from None
     for name in ("onnxscript", "onnx_ir"):  # their optimizer passes log every step at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
+    # A language model's positions end at its block size: the sequence axis is dynamic up to there.
+    longest = getattr(model, "block_size", None)
+    sequence = torch.export.Dim("sequence", max=longest) if longest else torch.export.Dim("sequence")
     try:
         torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_shapes=({0: torch.export.Dim("batch"), **({1: torch.export.Dim("sequence")} if text else {})},),
+                          dynamic_shapes=({0: torch.export.Dim("batch"), **({1: sequence} if text else {})},),
                           dynamo=True, verbose=False,
                           external_data=False)  # one self-contained file (models up to protobuf's 2 GB)
     except Exception as e:  # noqa: BLE001 - the exporter raises many kinds; the first line names the op
@@ -160,7 +166,7 @@ def describe(loaded: Loaded, fmt: str, target: Path, diff: float, tolerance: flo
     spec = loaded.spec
     text = _is_text(spec)
     preprocessing = spec.preprocessing
-    if text:  # the tokenizer goes to its own file: a JSON string inside this JSON would be unreadable
+    if "tokenizer" in preprocessing:  # the tokenizer goes to its own file: a JSON string inside this JSON would be unreadable
         preprocessing = {k: v for k, v in preprocessing.items() if k != "tokenizer"} | {
             "tokenizer_file": target.name.split(".")[0] + ".tokenizer.json"}
     return {
@@ -168,13 +174,22 @@ def describe(loaded: Loaded, fmt: str, target: Path, diff: float, tolerance: flo
         "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
         "input_shape": ["batch", "sequence"] if text else ["batch", *spec.input_shape],
         "dtype": "int64" if text else "float32", "task": spec.task, "class_names": spec.class_names,
-        "outputs": ("one value per sample" if spec.task == "regression"
-                    else "logits, one per class in class_names order; softmax gives probabilities"),
+        "outputs": _outputs(spec),
+        **({"max_sequence": spec.input_shape[0]} if spec.task == "lm" else {}),
         # trainer.tta=flip: the exported model averages each image's logits with its mirror's, as eval and predict do.
         "tta": loaded.config.get("trainer", {}).get("tta"),
         "preprocessing": preprocessing, "max_abs_diff": diff, "tolerance": tolerance,
         **({"decision": _decision(loaded)} if spec.task == "classification" and spec.num_classes == 2 else {}),
     }
+
+
+def _outputs(spec: Any) -> str:
+    if spec.task == "regression":
+        return "one value per sample"
+    if spec.task == "lm":
+        return ("next-token logits [batch, sequence, vocab_size]: at each position, a score per token id for the token "
+                "after it (ids: preprocessing.chars in order, or the tokenizer file); softmax gives probabilities")
+    return "logits, one per class in class_names order; softmax gives probabilities"
 
 
 def _decision(loaded: Loaded) -> dict[str, Any]:

@@ -23,11 +23,12 @@ from nettrain.models import custom, memory, weights
 from nettrain.records.checkpoint import load_checkpoint
 
 # What a model family's `inputs` must hold for a kind of data, and what the error proposes instead.
-KIND_ADVICE = {"image": "use model=mlp", "tabular": "use model=mlp", "text": "use data=text"}
+KIND_ADVICE = {"image": "use model=mlp", "tabular": "use model=mlp", "text": "use data=text",
+               "text_lm": "use data=text_lm (plain text)"}
 
 
 def input_kind(spec: DataSpec) -> str:
-    """The kind of the data's inputs: image, tabular or text (from its preprocessing, else its shape)."""
+    """The kind of the data's inputs: image, tabular, text or text_lm (from its preprocessing, else its shape)."""
     kind = spec.preprocessing.get("kind")
     return kind if kind in KIND_ADVICE else "image" if spec.is_image else "tabular"
 

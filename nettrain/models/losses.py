@@ -57,6 +57,18 @@ class OneHotBCE(nn.Module):
         return F.binary_cross_entropy_with_logits(outputs, targets.to(outputs.dtype), pos_weight=self.pos_weight)
 
 
+class TokenCrossEntropy(nn.Module):
+    """A language model's loss: cross-entropy of every position's logits [B, T, V] against the next tokens
+    [B, T], in nats per token (softmax and log in float32, whatever the autocast)."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(outputs.flatten(0, 1).float(), targets.flatten(), label_smoothing=self.label_smoothing)
+
+
 class TargetLoss(nn.Module):
     """A loss from `loss._target_`: any torch.nn loss, or the user's class or function
     `(outputs, targets) -> scalar tensor`."""
@@ -93,13 +105,21 @@ def build_loss(cfg: DictConfig, spec: DataSpec, class_weights: list[float] | Non
 
 
 def cross_entropy(cfg: DictConfig, spec: DataSpec, weight: Tensor | None) -> nn.Module:
+    if spec.task == "lm":
+        return TokenCrossEntropy(cfg.label_smoothing)
     if spec.task == "regression":  # the default loss: say what a number to predict is trained with
         log.info("a numeric target (regression): training with loss=mse, cross_entropy is for classes")
         return RegressionMSE()
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
 
+def _not_for_language_models(cfg: DictConfig, spec: DataSpec) -> None:
+    if spec.task == "lm":
+        raise invalid("loss", cfg.name, "a language model (data=text_lm) is trained with loss=cross_entropy")
+
+
 def mse(cfg: DictConfig, spec: DataSpec, weight: Tensor | None) -> nn.Module:
+    _not_for_language_models(cfg, spec)
     if spec.task == "regression":
         return RegressionMSE()
     if spec.preprocessing.get("kind") == "tabular" and all(_integer(c) for c in spec.class_names):
@@ -111,6 +131,7 @@ def mse(cfg: DictConfig, spec: DataSpec, weight: Tensor | None) -> nn.Module:
 
 
 def bce(cfg: DictConfig, spec: DataSpec, weight: Tensor | None) -> nn.Module:
+    _not_for_language_models(cfg, spec)
     if spec.task == "regression":
         raise invalid("loss", cfg.name, "regression targets need loss=mse")
     return OneHotBCE(pos_weight=weight)

@@ -65,6 +65,10 @@ def init_from(model: nn.Module, cfg: DictConfig, spec: DataSpec) -> None:
     if describe(source) != describe(cfg):
         raise invalid("model.init_from", path, f"it holds a model={describe(source)}, this run builds "
                                                f"model={describe(cfg)}; train the same model")
+    if spec.task == "lm" and source_spec.get("preprocessing") != spec.preprocessing:
+        # A language model's ids are its vocabulary's: other ids would mean other characters to the same weights.
+        raise invalid("model.init_from", path, "its vocabulary is not the data's: read the new text with the "
+                                               "checkpoint's (leave data.vocabulary_from to its default, model.init_from)")
     state: dict[str, Tensor] = ckpt["model"]
     same_head = (source_spec["task"] == spec.task and source_spec["class_names"] == spec.class_names
                  and source_spec["num_classes"] == spec.num_classes)

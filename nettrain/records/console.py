@@ -192,7 +192,10 @@ def epoch_line(r: dict[str, Any], max_epochs: int, improved: bool) -> str:
         parts += [f"rmse {r['train_rmse']:.4g} val {r['val_rmse']:.4g}", f"mae {r['train_mae']:.4g} val {r['val_mae']:.4g}"]
     else:
         parts.append(f"loss {r['train_loss']:.4g} val {r['val_loss']:.4g}")
-    if r.get("val_threshold", 0.5) != 0.5:  # a rare class: its F1 says more than an accuracy the common class makes high
+    if "val_perplexity" in r:  # a language model: its loss per character in bits, and its perplexity
+        parts += [f"bpc {r['val_bpc']:.3f}"] if "val_bpc" in r else []
+        parts.append(f"ppl {r['val_perplexity']:.2f}")
+    elif r.get("val_threshold", 0.5) != 0.5:  # a rare class: its F1 says more than an accuracy the common class makes high
         parts.append(f"val f1 {r['val_f1']:.3f} @{r['val_threshold']:.2f}")
     elif "val_accuracy" in r:
         parts.append(f"acc {r['train_accuracy']:.1%} val {r['val_accuracy']:.1%}")
@@ -205,7 +208,7 @@ def final_summary(result: dict[str, Any], record: dict[str, Any], run_dir: Any, 
     on its own line when it would not fit the terminal."""
     out = out or console
     best = record.get("best", {})
-    shown = ("val_loss", "val_accuracy", "val_f1", "val_rmse", "val_mae")
+    shown = ("val_loss", "val_accuracy", "val_f1", "val_rmse", "val_mae", "val_bpc", "val_perplexity")
     metrics = "  ".join(f"{k[4:]} {v:.4f}" for k, v in best.items() if k in shown)
     color = {"completed": "green", "stopped_early": "green", "interrupted": "yellow"}.get(result["status"], "red")
     seconds = record.get("total_seconds")
@@ -227,8 +230,12 @@ def _count(n: int) -> str:
 def startup_lines(facts: dict[str, Any], run_dir: Path) -> list[str]:
     """A handful of lines, each at most 80 columns (the run dir on its own line)."""
     d, m, o = facts["data"], facts["model"], facts["optimizer"]
-    samples = ", ".join(f"{_count(n)} {split}" for split, n in d["samples"].items())
-    classes = f"{d['classes']} classes" if d["classes"] else d["task"]
+    if "tokens" in d:  # a language model: its text in tokens, and what a token is
+        samples = ", ".join(f"{_count(n)} {split}" for split, n in d["tokens"].items()) + " tokens"
+        classes = f"vocabulary {d['vocabulary']}"
+    else:
+        samples = ", ".join(f"{_count(n)} {split}" for split, n in d["samples"].items())
+        classes = f"{d['classes']} classes" if d["classes"] else d["task"]
     shape = "x".join(map(str, d["input_shape"]))
     processes = f" x {facts['processes']} processes" if facts["processes"] > 1 else ""
     return [

@@ -94,8 +94,8 @@ TB_STATUS = {"completed": "STATUS_SUCCESS", "stopped_early": "STATUS_SUCCESS", "
 
 
 def tb_layout(task: str) -> dict[str, Any]:
-    """Train vs val on one chart each (custom scalars): loss, and accuracy or RMSE."""
-    second = "rmse" if task == "regression" else "accuracy"
+    """Train vs val on one chart each (custom scalars): loss, and accuracy, RMSE or (a language model) perplexity."""
+    second = {"regression": "rmse", "lm": "perplexity"}.get(task, "accuracy")
     return {"curves": {"loss (train vs val)": ["Multiline", ["loss/train", "loss/val"]],
                        f"{second} (train vs val)": ["Multiline", [f"{second}/train", f"{second}/val"]]}}
 

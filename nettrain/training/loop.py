@@ -31,6 +31,7 @@ from nettrain.data.build import build_data
 from nettrain.evaluation.metrics import RunningTotals, evaluate, summarize
 from nettrain.evaluation.scores import classification_metrics
 from nettrain.inference.decision import Decision
+from nettrain.inference.generate import PROMPT_TOKENS, sample_texts
 from nettrain.models.build import before_data, build_trainable
 from nettrain.models.losses import build_loss
 from nettrain.models.tta import with_tta
@@ -113,7 +114,8 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     with StopSignal() as stop, epoch_progress(enabled=run.rt.is_main) as bar, closing(run.data):
         for epoch in range(run.progress.epoch, run.max_epochs):
             steps = bar.start(f"epoch {epoch + 1}/{run.max_epochs}", run.batches_per_epoch, completed=run.progress.batch,
-                              samples_per_step=cfg.data.batch_size * run.rt.world_size, loss=run.totals.mean_loss)
+                              samples_per_step=cfg.data.batch_size * run.rt.world_size * _tokens_per_sample(run.data),
+                              loss=run.totals.mean_loss)
             started = time.perf_counter()
             seen, diverged_at, stopping = train_one_epoch(run, epoch, steps, guard, lambda: vote(stop.signum is not None))
             stopping = vote.close() or stopping  # a vote still out is counted before any other collective
@@ -149,7 +151,7 @@ def set_up(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None) -> Run:
     if cfg.early_stopping.monitor == "auto":  # resolved into the config: the checkpoint and a resume see the key
         cfg.early_stopping.monitor = auto_monitor(data.spec, decision)
     model = build_trainable(cfg.model, data)
-    _choose_threads(t, rt, model, cfg.data.batch_size)
+    _choose_threads(t, rt, model, cfg.data.batch_size * _tokens_per_sample(data))
     channels_last = rt.channels_last and bool(getattr(model, "convolutional", False))
     model.to(rt.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = build_optimizer(cfg.optimizer, model)
@@ -189,6 +191,11 @@ def _build_data(cfg: DictConfig, rt: runtime.Runtime) -> Data:
         seed=cfg.trainer.seed, device=rt.device, rank=rt.rank, world_size=rt.world_size,
         resident=resident is True or (resident == "auto" and rt.device.type == "cuda"),
         eval_batch_size=cfg.trainer.eval_batch_size or 4 * cfg.data.batch_size))
+
+
+def _tokens_per_sample(data: Data) -> int:
+    """A language model's sample is a block of tokens, each predicted: its rates and work count tokens."""
+    return data.spec.input_shape[0] if data.spec.task == "lm" else 1
 
 
 def _choose_threads(t: DictConfig, rt: runtime.Runtime, model: torch.nn.Module, batch_size: int) -> None:
@@ -304,7 +311,7 @@ def summarize_epoch(run: Run) -> dict[str, float]:
     """The epoch's training metrics over every rank (reading them waits for the device to finish the epoch)."""
     totals = run.totals.tensor()
     distributed.all_reduce(totals, run.rt)
-    return summarize(totals, run.data.spec.task)
+    return summarize(totals, run.data.spec.task, run.data.spec.char_level)
 
 
 def validate(run: Run) -> dict[str, float]:
@@ -313,7 +320,7 @@ def validate(run: Run) -> dict[str, float]:
     t, rt = run.cfg.trainer, run.rt
     val, outputs, targets = evaluate(run.val_model, run.data.val, run.criterion, device=rt.device, task=run.data.spec.task,
                                      autocast=rt.autocast, limit=t.limit_val_batches, collect=run.decision is not None,
-                                     reduce=lambda v: distributed.all_reduce(v, rt))
+                                     reduce=lambda v: distributed.all_reduce(v, rt), char_level=run.data.spec.char_level)
     if run.decision is not None:  # binary: the rare class's precision, recall, F1 on the whole split, at its threshold
         run.progress.threshold, decided = run.decision.measure(outputs, targets, lambda v: distributed.all_gather_rows(v, rt))
         val |= decided
@@ -331,10 +338,14 @@ def end_epoch(run: Run, epoch: int, train: dict[str, float], val: dict[str, floa
               "lr": run.scheduler.get_last_lr()[0], "step": progress.step,
               "seconds": round(time.perf_counter() - started, 3),
               "train_samples_per_sec": round(samples / max(train_seconds, 1e-9), 1)}
+    if run.data.spec.task == "lm":
+        record["train_tokens_per_sec"] = round(record["train_samples_per_sec"] * _tokens_per_sample(run.data), 1)
     value = record.get(run.monitor.key, math.nan)
     improved = run.monitor.update(progress, value, epoch + 1)
     if run.runlog is not None:
         _log_epoch(run, record, improved)
+        if run.data.spec.task == "lm":
+            _log_samples(run, progress.step)
     state = run.checkpoint_state()  # after _log_epoch: the checkpoint carries this epoch's record
     if state is not None:
         save_epoch(state, run.ckpt_dir, progress, run.monitor, run.cfg.checkpoint.save_top_k, improved, value, epoch + 1)
@@ -360,6 +371,18 @@ def _log_epoch(run: Run, record: dict[str, Any], improved: bool) -> None:
         progress.overfit_warned = True
         log.warning(warning)
         runlog.text("warnings", warning, progress.step)
+
+
+def _log_samples(run: Run, step: int) -> None:
+    """A language model's texts, written at this validation from the start of the validation text, to TensorBoard:
+    how its writing grows is seen there, next to its loss."""
+    count, tokens, ids = run.cfg.model.get("samples", 0), run.cfg.model.get("sample_tokens", 200), \
+        getattr(run.data.val, "ids", None)
+    if not count or ids is None:
+        return
+    for i, text in enumerate(sample_texts(run.eval_model, run.data.spec, ids[:PROMPT_TOKENS], count, tokens,
+                                          seed=run.cfg.trainer.seed, autocast=run.rt.autocast)):
+        run.runlog.text(f"samples/{i}", "\n".join("    " + line for line in text.splitlines()), step)  # as code: lines kept
 
 
 def finish(run: Run, status: str, diverged_at: tuple[int, float] | None, signum: int | None) -> dict[str, Any]:

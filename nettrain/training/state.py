@@ -58,8 +58,8 @@ def auto_monitor(spec: DataSpec, decision: Decision | None) -> str:
     """What `early_stopping.monitor=auto` watches: the rare class's F1 when a threshold is tuned for
     it (accuracy hides a rare class: 97 % is what always saying "no failure" scores), accuracy for
     other classification (with label smoothing the val loss bottoms out before the accuracy peaks),
-    the loss for regression."""
-    if spec.task == "regression":
+    the loss for regression and language models."""
+    if spec.task in ("regression", "lm"):
         return "val_loss"
     return "val_f1" if decision is not None and decision.tune else "val_accuracy"
 

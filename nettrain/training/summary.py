@@ -94,6 +94,20 @@ def model_summary(model: nn.Module, input_shape: list[int], device: torch.device
             "remembered_rows": remembered_rows(model)}
 
 
+TOKEN_KINDS = ("text", "text_lm")  # data whose inputs are token ids
+
+
+def _amounts(data: Data) -> dict[str, Any]:
+    """How much data each split holds: its samples, or a language model's tokens and vocabulary."""
+    splits = [(split, loader) for split, loader in (("train", data.train), ("val", data.val), ("test", data.test))
+              if loader is not None]
+    if data.spec.task == "lm":
+        vocabulary = "characters" if data.spec.char_level else "tokens"
+        return {"tokens": {split: len(getattr(loader, "ids", ())) for split, loader in splits},
+                "vocabulary": f"{data.spec.num_classes:,} {vocabulary}"}
+    return {"samples": {split: loader.num_samples for split, loader in splits}}
+
+
 def startup(cfg: DictConfig, rt: Runtime, data: Data, model: nn.Module, steps_per_epoch: int, epochs: int,
             channels_last: bool) -> dict[str, Any]:
     """The facts of a run about to start, as plain types."""
@@ -105,11 +119,9 @@ def startup(cfg: DictConfig, rt: Runtime, data: Data, model: nn.Module, steps_pe
         "precision": PRECISIONS.get(rt.amp_dtype, str(rt.amp_dtype)),
         "threads": torch.get_num_threads(), "processes": rt.world_size,
         "data": {"name": cfg.data.get("name") or cfg.data.get("_target_"), "task": spec.task, "classes": len(spec.class_names) or None,
-                 "input_shape": list(spec.input_shape),
-                 "samples": {split: loader.num_samples for split, loader in
-                             (("train", data.train), ("val", data.val), ("test", data.test)) if loader is not None}},
+                 "input_shape": list(spec.input_shape), **_amounts(data)},
         "model": {"name": describe(cfg.model), **model_summary(model, spec.input_shape, rt.device, channels_last,
-                                                                tokens=spec.preprocessing.get("kind") == "text")},
+                                                                tokens=spec.preprocessing.get("kind") in TOKEN_KINDS)},
         "optimizer": {"name": optimizer, "lr": cfg.optimizer.lr, "weight_decay": cfg.optimizer.get("weight_decay")},
         "scheduler": cfg.scheduler.get("name", "none"),
         "batch_size": cfg.data.batch_size * rt.world_size,
