@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lr-find": ("nettrain.commands.lr_find:main", "learning-rate range test: suggests an lr for a train config"),
     "runs": ("nettrain.commands.runs:main", "list the runs under outputs/ with their status and best metrics"),
     "check-data": ("nettrain.commands.check_data:main", "report on a dataset: class balance, bad files, train/val leakage"),
+    "update": ("nettrain.commands.update:main", "teach a run new examples (feedback, new data) without forgetting"),
     "serve": ("nettrain.commands.serve:main", "a model answering HTTP clients: batched predictions, feedback"),
 }
 

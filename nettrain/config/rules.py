@@ -76,6 +76,17 @@ RULES: list[Rule] = [
     ("lr_find.max_lr", number(above=0), "must be a number > 0"),
     ("lr_find.steps", integer(at_least=10), "must be an integer >= 10"),
     ("lr_find.diverge_factor", number(above=1), "must be a number > 1"),
+    ("update.feedback", *BOOLEAN),
+    ("update.replay", number(at_least=0, at_most=1000), "must be a number in [0, 1000] (replayed per new example)"),
+    ("update.distill", number(at_least=0), "must be a number >= 0 (0 = no distillation)"),
+    ("update.temperature", number(above=0), "must be a number > 0"),
+    ("update.holdout", number(at_least=0, below=1), "must be a number in [0, 1)"),
+    ("update.max_forgetting", number(at_least=0), "must be a number >= 0 (points of accuracy)"),
+    ("update.force", *BOOLEAN),
+    ("update.min_steps", integer(at_least=0), "must be an integer >= 0"),
+    ("update.remember", *BOOLEAN),
+    ("update.train", *BOOLEAN),
+    ("update.on_bad_record", one_of("error", "skip"), "allowed: error, skip"),
 ]
 
 

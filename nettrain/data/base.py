@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from nettrain.data.loaders import BatchTransform, Loader, TensorLoader
 from nettrain.data.spec import DataSpec
+from nettrain.errors import UserError
 
 
 @dataclass
@@ -49,6 +50,20 @@ class DataContext:
     # The preprocessing of the model the data is for (eval, update): a source that encodes raw data by it (a
     # language model's vocabulary) uses it instead of deriving its own from the data.
     model_preprocessing: dict[str, Any] | None = None
+    # The classes of the model the data is for (eval, update): kept first, in its order, so its class indices
+    # stay; labels it lacks follow, in the source's own order.
+    classes: list[str] | None = None
+
+    def preprocessing_for(self, kind: str) -> dict[str, Any] | None:
+        """The model's preprocessing (tokenizer, statistics and categories, normalization and size) for data of
+        `kind`, to encode it as the model was trained, never fitted anew on it (None: no model, fit it); a model
+        trained on another kind of data cannot take these inputs."""
+        if self.model_preprocessing is None:
+            return None
+        if self.model_preprocessing.get("kind") != kind:
+            raise UserError(f"the model was trained on {self.model_preprocessing.get('kind', 'unknown')} data; this "
+                            f"data is {kind} (give new data of the kind it was trained on)")
+        return self.model_preprocessing
 
 
 def tensor_loader(x: torch.Tensor, y: torch.Tensor, cfg: DictConfig, ctx: DataContext, *, train: bool,

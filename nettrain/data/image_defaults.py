@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from nettrain.data.cache import decode_each
 from nettrain.data.transforms import BadImageError, open_file
+from nettrain.errors import UserError
 
 log = logging.getLogger("nettrain")
 
@@ -163,3 +164,15 @@ def adopt(cfg: DictConfig, values: dict, source: str) -> None:
         cfg[key] = value
     if taken:
         log.info("data auto: %s (%s)", " ".join(f"{k}={v}" for k, v in taken.items()), source)
+
+
+def require(cfg: DictConfig, trained: dict) -> None:
+    """Prepare new images as a trained model's were (`trained`, its preprocessing: channels, image_size, mean,
+    std): the data config's `auto` keys take its values; a key set to another value does not fit the model."""
+    for key in ("channels", "image_size", "mean", "std"):
+        value = cfg.get(key)
+        given = list(value) if OmegaConf.is_list(value) else value
+        if given not in (AUTO, None) and given != trained[key]:
+            raise UserError(f"invalid data.{key}={given}: the model was trained on {key}={trained[key]}, and new "
+                            f"images are prepared as its were (leave data.{key} out)")
+        cfg[key] = trained[key]

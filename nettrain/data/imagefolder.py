@@ -36,7 +36,7 @@ from nettrain.data import image_defaults
 from nettrain.data.augment import image_batch_transform
 from nettrain.data.base import Data, DataContext, files_fingerprint, tensor_loader
 from nettrain.data.cache import cached_images, check_fits, decode_each, default_cache_dir
-from nettrain.data.labels import balanced_weights, split_indices
+from nettrain.data.labels import balanced_weights, keep_order, split_indices
 from nettrain.data.loaders import EpochReport, Loader, StreamLoader
 from nettrain.data.spec import DataSpec
 from nettrain.data.transforms import BadImageError, channel_stats, decode, open_file
@@ -87,21 +87,22 @@ def _folder(name: str, directory: Path, class_names: list[str]) -> Folder:
     return Folder(name, files, labels)
 
 
-def scan_folders(root: Path) -> tuple[list[Folder], list[str]]:
-    """The folders of an image-folder root (layouts in the module doc) and the class names."""
+def scan_folders(root: Path, known: list[str] | None = None) -> tuple[list[Folder], list[str]]:
+    """The folders of an image-folder root (layouts in the module doc) and the class names (a trained model's
+    `known` classes first, in its order: new images for it may hold only some of them, or only new ones)."""
     if not root.is_dir():
         raise invalid("data.root", str(root), "no such directory (give a folder of class subfolders)")
     train_dir = root / "train"
     base = train_dir if train_dir.is_dir() else root
     classes = class_files(base)
-    if len(classes) < 2:
+    if not classes or len(keep_order(list(classes), known)) < 2:
         found = f"only {len(classes)} class folder ({', '.join(classes)})" if classes else "no class folders"
         raise UserError(f"{base} has {found}; an image folder needs at least two class subfolders, "
                         f"e.g. {base / 'cat'}/*.jpg and {base / 'dog'}/*.jpg")
     for cls, paths in classes.items():
         if not paths:
             raise UserError(f"class folder {base / cls} has no images")
-    class_names = list(classes)
+    class_names = keep_order(list(classes), known)
     if base is root:
         return [_folder("all", root, class_names)], class_names
     folders = [_folder("train" if (root / "val").is_dir() else "all", train_dir, class_names)]
@@ -128,13 +129,13 @@ def oxford_pets(root: Path, download: bool) -> tuple[list[Folder], list[str]]:
     return [Folder(name, list(ds._images), list(ds._bin_labels)) for name, ds in splits.items()], ["cat", "dog"]
 
 
-def find_images(cfg: DictConfig) -> tuple[list[Folder], list[str], Path]:
-    """The labelled files `cfg` (the data group) names, the class names, and the data's root."""
+def find_images(cfg: DictConfig, known: list[str] | None = None) -> tuple[list[Folder], list[str], Path]:
+    """The labelled files `cfg` (the data group) names, the class names (`known` ones first), and the data's root."""
     root = Path(absolute(cfg.root))
     if cfg.get("source", "folder") == "oxford_pets":
         folders, class_names = oxford_pets(root, bool(cfg.get("download", False)))
         return folders, class_names, root / "oxford-iiit-pet"
-    folders, class_names = scan_folders(root)
+    folders, class_names = scan_folders(root, known)
     return folders, class_names, root
 
 
@@ -195,7 +196,11 @@ def _report_bad(bad: list[str], on_bad_file: str) -> None:
 
 
 def build(cfg: DictConfig, ctx: DataContext) -> Data:
-    folders, class_names, root = find_images(cfg)
+    folders, class_names, root = find_images(cfg, ctx.classes)
+    present = sorted({label for folder in folders for label in folder.labels})  # classes this data has images of
+    trained = ctx.preprocessing_for("image")
+    if trained is not None:
+        image_defaults.require(cfg, trained)
     chosen = image_defaults.choose_shape(cfg, folders[0].files)  # data.channels/image_size/augment=auto: from the training images
     cache_dir = None
     if cfg.cache:
@@ -210,11 +215,11 @@ def build(cfg: DictConfig, ctx: DataContext) -> Data:
     _report_bad(bad, cfg.on_bad_file)
     if "all" in parts:
         everything = parts.pop("all")
-        _require_every_class(everything, class_names, "")
+        _require_every_class(everything, class_names, present, "")
         train_idx, val_idx = split_indices(everything.labels, cfg.val_fraction, ctx.seed, class_names=class_names,
                                            what=f"the images of {root}")
         parts["train"], parts["val"] = everything.take(train_idx, "train"), everything.take(val_idx, "val")
-    _require_every_class(parts["train"], class_names, " for training")
+    _require_every_class(parts["train"], class_names, present, " for training")
     chosen += image_defaults.choose_normalization(cfg, parts["train"].files, parts["train"].images)
     image_defaults.report(chosen)
     mean, std = channel_stats(cfg.mean, cfg.std, cfg.channels)
@@ -277,9 +282,9 @@ def _size(n: float) -> str:
     return f"{n:.1f} {units[0]}" if n < 10 and units[0] != "bytes" else f"{n:.0f} {units[0]}"
 
 
-def _require_every_class(folder: Folder, class_names: list[str], purpose: str) -> None:
-    present = set(folder.labels)
-    missing = [name for i, name in enumerate(class_names) if i not in present]
+def _require_every_class(folder: Folder, class_names: list[str], present: list[int], purpose: str) -> None:
+    """Every class the data has images of (`present`) keeps at least one readable one in `folder`."""
+    missing = [class_names[i] for i in present if i not in set(folder.labels)]
     if missing:
         raise UserError(f"class {missing[0]!r} has no readable images{purpose} "
                         f"(every class needs at least one; check data.root)")

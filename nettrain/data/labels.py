@@ -38,3 +38,11 @@ def balanced_weights(labels: Sequence[int], num_classes: int) -> list[float]:
     present = np.unique(np.asarray(labels))
     weights = dict(zip(present.tolist(), compute_class_weight("balanced", classes=present, y=np.asarray(labels))))
     return [float(weights.get(c, 1.0)) for c in range(num_classes)]
+
+
+def keep_order(found: Sequence[str], known: Sequence[str] | None) -> list[str]:
+    """Class names: a trained model's `known` ones first, in its order (its output indices), then those
+    `found` here that it lacks, in their order. Without `known`, `found` as it is."""
+    if known is None:
+        return list(found)
+    return list(known) + [name for name in found if name not in set(known)]

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from nettrain.config.rules import absolute
 from nettrain.data.base import Data, DataContext, files_fingerprint, tensor_loader
-from nettrain.data.labels import balanced_weights, split_indices
+from nettrain.data.labels import balanced_weights, keep_order, split_indices
 from nettrain.data.spec import DataSpec
 from nettrain.data.table_checks import check_table
 from nettrain.errors import UserError, invalid
@@ -118,6 +118,19 @@ def choose_columns(table: Any, cfg: DictConfig, path: str) -> tuple[list[str], l
     return features, categorical
 
 
+def model_columns(table: Any, trained: dict[str, Any], cfg: DictConfig, path: str) -> tuple[list[str], list[str]]:
+    """(features, the categorical ones) of a trained model's `trained` preprocessing, each found in `table`: new
+    rows for it must hold the columns it was trained on (others are left out), and the target."""
+    columns = list(table.columns)
+    if cfg.target not in columns:
+        raise invalid("data.target", cfg.target, f"no such column in {path}; its columns: {', '.join(columns)}")
+    absent = [name for name in trained["features"] if name not in columns]
+    if absent:
+        raise UserError(f"{path} has no column {absent[0]!r}: the model was trained on the columns "
+                        f"{', '.join(trained['features'])}")
+    return list(trained["features"]), list(trained["categories"])
+
+
 def fit_preprocessing(rows: Any, features: list[str], categorical: list[str], path: str | Path) -> dict[str, Any]:
     """Statistics and vocabularies of the training rows: everything `encode_rows` needs."""
     numeric, fill, categories = {}, {}, {}
@@ -177,28 +190,30 @@ def detect_task(target: Any, requested: str) -> str:
     return "classification"
 
 
-def _classes(target: Any) -> tuple[list[str], list[int]]:
-    """Class names (the distinct values, sorted: numbers in numeric order, 1.0 shown as 1) and
-    each row's class index."""
+def _classes(target: Any, known: list[str] | None = None) -> tuple[list[str], list[int]]:
+    """Class names (the distinct values, sorted: numbers in numeric order, 1.0 shown as 1; a trained model's
+    `known` classes first, in its order) and each row's class index."""
     if not pd.api.types.is_numeric_dtype(target):
         target = target.astype(str)
     values = sorted(target.unique())
     names = [str(int(v)) if isinstance(v, (int, float, np.number)) and float(v).is_integer() else str(v) for v in values]
-    index = {v: i for i, v in enumerate(values)}
-    return names, [index[v] for v in target]
+    order = keep_order(names, known)
+    index = {v: order.index(name) for v, name in zip(values, names)}
+    return order, [index[v] for v in target]
 
 
-def split_rows(table: Any, cfg: DictConfig, seed: int, path: str | Path) -> tuple[str, list[str], np.ndarray,
-                                                                              list[int], list[int]]:
+def split_rows(table: Any, cfg: DictConfig, seed: int, path: str | Path,
+               known: list[str] | None = None) -> tuple[str, list[str], np.ndarray, list[int], list[int]]:
     """(task, class names, each row's target, train and val row positions): the split training makes over
-    `table`'s rows (all with a target), stratified by class for classification. check-data reuses it."""
+    `table`'s rows (all with a target), stratified by class for classification. check-data reuses it.
+    `known`: a trained model's classes, kept first in its order."""
     task = detect_task(table[cfg.target], cfg.task)
     if task == "regression":
         targets = numeric_column(table[cfg.target], cfg.target, path).to_numpy()
         train_idx, val_idx = split_indices(targets.tolist(), cfg.val_fraction, seed,
                                            stratify=False, what=path)
         return task, [], targets, train_idx, val_idx
-    class_names, labels = _classes(table[cfg.target])
+    class_names, labels = _classes(table[cfg.target], known)
     if len(class_names) < 2:
         raise UserError(f"{path}: the target column {cfg.target!r} holds one class only ({class_names[0]!r}); "
                         f"classification needs at least two (for numbers to predict, use data.task=regression)")
@@ -208,21 +223,22 @@ def split_rows(table: Any, cfg: DictConfig, seed: int, path: str | Path) -> tupl
 
 def build(cfg: DictConfig, ctx: DataContext) -> Data:
     path = absolute(cfg.path)
-    table = read_table(path, list(cfg.get("categorical") or []))
-    features, categorical = choose_columns(table, cfg, path)
+    trained = ctx.preprocessing_for("tabular")
+    table = read_table(path, list(trained["categories"]) if trained else list(cfg.get("categorical") or []))
+    features, categorical = model_columns(table, trained, cfg, path) if trained else choose_columns(table, cfg, path)
     unlabelled = int(table[cfg.target].isna().sum())
     if unlabelled:
         log.warning("%s: %d row(s) without a %r value left out", path, unlabelled, cfg.target)
         table = table[table[cfg.target].notna()]  # keeps the row labels: errors name the file line
     if table.empty:
         raise UserError(f"{path}: no row has a value in the target column {cfg.target!r}")
-    task, class_names, targets, train_idx, val_idx = split_rows(table, cfg, ctx.seed, path)
+    task, class_names, targets, train_idx, val_idx = split_rows(table, cfg, ctx.seed, path, ctx.classes)
     y = torch.tensor(targets, dtype=torch.float32 if task == "regression" else torch.long)
     findings = check_table(table, cfg, features, task, targets, (train_idx, val_idx))
     for finding in findings:
         if refused_id(table, finding, categorical, path):  # training refuses the text anyway: say what it is
             raise UserError(f"{path}: {finding.message}")
-    preprocessing = fit_preprocessing(table.iloc[train_idx], features, categorical, path)
+    preprocessing = trained or fit_preprocessing(table.iloc[train_idx], features, categorical, path)
     x = encode_rows(table, preprocessing)
     for finding in findings:  # after every refusal: a refused run logs (and so writes) nothing
         log.warning("%s: %s", path, finding.message)

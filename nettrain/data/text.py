@@ -38,7 +38,7 @@ from torch import Tensor
 
 from nettrain.config.rules import absolute
 from nettrain.data.base import Data, DataContext
-from nettrain.data.labels import balanced_weights, split_indices
+from nettrain.data.labels import balanced_weights, keep_order, split_indices
 from nettrain.data.loaders import TextLoader
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError, invalid
@@ -341,13 +341,15 @@ def _line(where: str) -> int:
 
 # --- the builder ------------------------------------------------------------------------------------
 
-def labelled_splits(cfg: DictConfig, seed: int, bad: BadRows) -> tuple[Texts, Texts, Texts | None, str, list[str]]:
+def labelled_splits(cfg: DictConfig, seed: int, bad: BadRows,
+                    known: list[str] | None = None) -> tuple[Texts, Texts, Texts | None, str, list[str]]:
     """(train, val, test or None, the source's name, class names): the splits training uses, val
-    held out from train (seeded, stratified) when there is none; bad rows recorded in `bad`."""
+    held out from train (seeded, stratified) when there is none; bad rows recorded in `bad`. `known`: a
+    trained model's classes, kept first in its order."""
     train, val, test, source = read_splits(cfg, bad)
     if not train.texts:
         raise UserError(f"{source}: no usable training text" + (f" ({len(bad.rows)} bad row(s))" if bad.rows else ""))
-    classes = class_order(train.labels)
+    classes = keep_order(class_order(train.labels), known)
     if len(classes) < 2:
         raise UserError(f"{source}: every training text has the label {classes[0]!r}; classification needs at least "
                         f"2 classes (check data.target={cfg.get('target')})" if cfg.get("path") else
@@ -364,9 +366,12 @@ def labelled_splits(cfg: DictConfig, seed: int, bad: BadRows) -> tuple[Texts, Te
     return train, val, test, source, classes
 
 
-def tokenizer_for(cfg: DictConfig, train: Texts) -> tuple[Any, dict[str, Any], str]:
-    """(tokenizer, the spec's preprocessing, where the tokenizer came from): data.tokenizer's, or
-    one trained on the training texts."""
+def tokenizer_for(cfg: DictConfig, train: Texts, trained: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any], str]:
+    """(tokenizer, the spec's preprocessing, where the tokenizer came from): a trained model's (`trained`,
+    its preprocessing: its token ids are what its weights learned), data.tokenizer's, or one trained on the
+    training texts."""
+    if trained is not None:
+        return Tokenizer.from_str(trained["tokenizer"]), dict(trained), "the model's own"
     if cfg.get("tokenizer"):
         tokenizer, longest = load_tokenizer(str(cfg.tokenizer))
         origin = f"loaded from {cfg.tokenizer}"
@@ -377,13 +382,21 @@ def tokenizer_for(cfg: DictConfig, train: Texts) -> tuple[Any, dict[str, Any], s
     return tokenizer, text_preprocessing(tokenizer, max_length, pad_id(tokenizer, str(cfg.get("tokenizer"))), cfg.text), origin
 
 
+def text_loader(ids: Tensor, lengths: Tensor, y: Tensor, cfg: DictConfig, ctx: DataContext, *, train: bool) -> TextLoader:
+    """Token ids as a split's loader: shuffled full batches for training, the eval batch size in order for
+    evaluation, resident on the training device when the run asks for it."""
+    made = TextLoader(ids, lengths, y, batch_size=cfg.batch_size if train else ctx.eval_batch_size or cfg.batch_size,
+                      shuffle=train, drop_last=train, seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size)
+    return made.to(ctx.device) if ctx.resident else made
+
+
 def build(cfg: DictConfig, ctx: DataContext) -> Data:
     bad = BadRows(cfg.on_bad_row)
     try:
-        train, val, test, source, classes = labelled_splits(cfg, ctx.seed, bad)
+        train, val, test, source, classes = labelled_splits(cfg, ctx.seed, bad, ctx.classes)
     finally:
         bad.report()
-    tokenizer, preprocessing, origin = tokenizer_for(cfg, train)
+    tokenizer, preprocessing, origin = tokenizer_for(cfg, train, ctx.preprocessing_for("text"))
     max_length = preprocessing["max_length"]
     spec = DataSpec(input_shape=[max_length], num_classes=len(classes), class_names=classes, preprocessing=preprocessing)
     index = {c: i for i, c in enumerate(classes)}
@@ -393,9 +406,7 @@ def build(cfg: DictConfig, ctx: DataContext) -> Data:
         if truncated:
             log.info("%d of %d texts cut to data.max_length=%d tokens", truncated, len(split.texts), max_length)
         y = torch.tensor([index[c] for c in split.labels], dtype=torch.long)
-        made = TextLoader(ids, lengths, y, batch_size=cfg.batch_size if train_split else ctx.eval_batch_size or cfg.batch_size,
-                          shuffle=train_split, drop_last=train_split, seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size)
-        return made.to(ctx.device) if ctx.resident else made
+        return text_loader(ids, lengths, y, cfg, ctx, train=train_split)
 
     counts = Counter(train.labels)
     log.info("%s: %d train / %d val%s texts, %d classes (%s), vocabulary %d (%s), max_length %d", source,

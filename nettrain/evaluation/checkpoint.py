@@ -55,9 +55,11 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: di
         cfg.data = OmegaConf.merge(cfg.data, data_overrides)
     validate(OmegaConf.create({"data": cfg.data}))  # only data: the run's other paths may be long gone
     t = cfg.trainer
+    # The model's classes in its order: an updated model's new classes follow those its run's data has.
     # A language model reads any text with its own vocabulary (the text's own would give its ids other meanings).
     own = loaded.spec.preprocessing if loaded.spec.task == "lm" else None
     data = build_data(cfg.data, DataContext(seed=t.seed, device=loaded.device, model_preprocessing=own,
+                                            classes=list(loaded.spec.class_names),
                                             eval_batch_size=t.eval_batch_size or 4 * cfg.data.batch_size))
     if data.spec.class_names != loaded.spec.class_names or data.spec.input_shape != loaded.spec.input_shape:
         raise UserError(f"the data does not match the model: it has classes {data.spec.class_names} and inputs "

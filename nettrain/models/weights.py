@@ -72,18 +72,46 @@ def init_from(model: nn.Module, cfg: DictConfig, spec: DataSpec) -> None:
     state: dict[str, Tensor] = ckpt["model"]
     same_head = (source_spec["task"] == spec.task and source_spec["class_names"] == spec.class_names
                  and source_spec["num_classes"] == spec.num_classes)
+    grown = not same_head and grows(source_spec, spec)
     if not same_head and not hasattr(model, "head"):
         raise invalid("model.init_from", path, f"it predicts {_classes(source_spec)}, this data {_classes(spec.to_dict())}, "
                                                f"and model {describe(cfg)} has no head to re-initialize (no backbone/head split)")
-    if not same_head:
+    if grown:
+        state = grow_head(state, model.state_dict(), source_spec["num_classes"])
+    elif not same_head:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
     state, memory_note = with_own_memory(model, state)
-    _load(model, state, strict_prefixes=("",) if same_head else ("backbone.",),
+    _load(model, state, strict_prefixes=("",) if same_head or grown else ("backbone.",),
           what=f"model.init_from={path} ({describe(source)} from {ckpt['path']})")
     epoch = ckpt.get("progress", {}).get("epoch")
-    log.info("initialized from %s (epoch %s)%s%s", ckpt["path"], epoch,
-             "" if same_head else f"; head re-initialized: {_classes(source_spec)} -> {_classes(spec.to_dict())}",
-             memory_note)
+    head = ("" if same_head else f"; head grown: {_classes(source_spec)} -> {_classes(spec.to_dict())}, the old classes keep "
+            f"their weights" if grown else f"; head re-initialized: {_classes(source_spec)} -> {_classes(spec.to_dict())}")
+    log.info("initialized from %s (epoch %s)%s%s", ckpt["path"], epoch, head, memory_note)
+
+
+def grows(source: dict[str, Any], spec: DataSpec) -> bool:
+    """Whether `spec` predicts the source spec's classes in its order, and new ones after them: its head can
+    keep the old classes' weights and add rows for the new ones."""
+    old = source["class_names"]
+    return (source["task"] == spec.task == "classification" and len(spec.class_names) > len(old)
+            and spec.class_names[:len(old)] == old)
+
+
+def grow_head(state: dict[str, Tensor], own: dict[str, Tensor], old_classes: int) -> dict[str, Tensor]:
+    """The checkpoint's weights for a model with more classes (`own`: the model's state, its shapes): each head
+    tensor with a row per class keeps the old classes' rows (their indices and weights) and gets a row for each
+    new class, the mean of the old ones. A new class's logit so starts at the mean of the old classes' logits:
+    below the best of them, it takes no answer from them before it is learned (a random row would, for some
+    inputs, and the first steps would disturb the old classes to undo it); and a memory of rows
+    (model.memory) that holds its examples lifts it above them near those examples."""
+    grown = dict(state)
+    for key, old in state.items():
+        new = own.get(key)
+        if (key.startswith("head.") and new is not None and old.dim() >= 1 and old.shape[0] == old_classes
+                and new.shape[0] > old_classes and old.shape[1:] == new.shape[1:]):
+            rows = old.float().mean(0, keepdim=True).to(old.dtype).expand(new.shape[0] - old_classes, *old.shape[1:])
+            grown[key] = torch.cat([old, rows])
+    return grown
 
 
 def _classes(spec: dict[str, Any]) -> str:

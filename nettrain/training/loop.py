@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +49,9 @@ from nettrain.training.state import Monitor, Progress, auto_monitor, planned_epo
 from nettrain.training.summary import startup
 
 log = logging.getLogger("nettrain")
+
+DataSource = Callable[[DictConfig, DataContext], Data]                     # (data config, context) -> Data
+LossWrapper = Callable[[torch.nn.Module, torch.nn.Module], torch.nn.Module]  # (loss, model on its device) -> loss
 
 
 @dataclass
@@ -105,10 +109,13 @@ class Run:
             save_checkpoint(state, self.ckpt_dir / "last.pt")
 
 
-def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
+def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None, *, data_source: DataSource = build_data,
+        loss_wrapper: LossWrapper | None = None) -> dict[str, Any]:
     """Train `cfg` into `run_dir` (continuing `ckpt` when given). Returns the final metrics record
-    (status, best, history) with the best weights loaded into `result["model"]`."""
-    run = set_up(cfg, run_dir, ckpt)
+    (status, best, history) with the best weights loaded into `result["model"]`. `data_source` builds the data
+    from `cfg.data` (nettrain update: a run's replayed data and the new examples); `loss_wrapper` turns the
+    config's loss and the model into the loss the steps minimize (update's distillation)."""
+    run = set_up(cfg, run_dir, ckpt, data_source, loss_wrapper)
     status, diverged_at = "completed", None
     guard, vote = DivergenceGuard(run.rt, cfg.trainer.divergence_factor), distributed.StopVote(run.rt)
     with StopSignal() as stop, epoch_progress(enabled=run.rt.is_main) as bar, closing(run.data):
@@ -139,14 +146,15 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None) -> d
     return finish(run, status, diverged_at, stop.signum)
 
 
-def set_up(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None) -> Run:
+def set_up(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None, data_source: DataSource = build_data,
+           loss_wrapper: LossWrapper | None = None) -> Run:
     """Everything a run needs before its first step: the runtime, data, model, loss, optimizer and schedule,
     the checkpoint's state restored (a resume), the records started, the model wrapped for DDP and compiled."""
     started = time.perf_counter()
     t = cfg.trainer
     rt = runtime.setup(t)
     before_data(cfg)  # the model's checks and downloads (and its say on the data's preprocessing) fail fast
-    data = _build_data(cfg, rt)
+    data = _build_data(cfg, rt, data_source)
     decision = Decision.for_run(cfg.get("threshold"), data.spec, data.train, cfg.early_stopping.monitor)  # binary only
     if cfg.early_stopping.monitor == "auto":  # resolved into the config: the checkpoint and a resume see the key
         cfg.early_stopping.monitor = auto_monitor(data.spec, decision)
@@ -171,6 +179,8 @@ def set_up(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None) -> Run:
               scaler=torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16), monitor=Monitor(cfg.early_stopping),
               progress=Progress(), totals=RunningTotals(rt.device, data.spec.task), runlog=None, batches_per_epoch=batches,
               steps_per_epoch=steps, max_epochs=max_epochs, channels_last=channels_last)
+    if loss_wrapper is not None:
+        run.criterion = loss_wrapper(run.criterion, model)
     if rt.distributed:
         # Each rank draws its own dropout masks from here on (timm seeds seed + rank too). The model and
         # its EMA copy were built from the shared seed, so every rank starts from the same weights.
@@ -185,9 +195,9 @@ def set_up(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None) -> Run:
     return run
 
 
-def _build_data(cfg: DictConfig, rt: runtime.Runtime) -> Data:
+def _build_data(cfg: DictConfig, rt: runtime.Runtime, data_source: DataSource) -> Data:
     resident = cfg.data.get("device_resident", "auto")
-    return build_data(cfg.data, DataContext(
+    return data_source(cfg.data, DataContext(
         seed=cfg.trainer.seed, device=rt.device, rank=rt.rank, world_size=rt.world_size,
         resident=resident is True or (resident == "auto" and rt.device.type == "cuda"),
         eval_batch_size=cfg.trainer.eval_batch_size or 4 * cfg.data.batch_size))

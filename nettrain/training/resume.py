@@ -25,6 +25,10 @@ RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.log_every_
 def resumed_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict[str, Any]]:
     """The checkpoint's own config, changed only by overrides that keep the run the same run."""
     ckpt = load_checkpoint(absolute(cfg.resume), prefer="last.pt")
+    if "update" in ckpt["config"]:  # its data was the update's (replayed and new examples), not its config's
+        parent = ckpt["config"]["update"].get("parent")
+        raise UserError(f"{ckpt['path']} is the run of a nettrain update, which is not resumed: run "
+                        f"nettrain update {parent} again")
     # The user's own model, data or loss code is imported only when this command names it too;
     # any other `_target_` must be one nettrain ships or this command's config names.
     confirm(ckpt["config"], cfg, GROUPS, ckpt["path"], "give its config again (--config-dir DIR model=NAME, or +{key}={target})")
