@@ -37,8 +37,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-# The updates compared: the default (replay 4), less replay, distillation, and plain fine-tuning.
+# The updates compared: the default (replay 4), less replay (with and without the prior corrected), distillation,
+# and plain fine-tuning.
 UPDATES = (("update (replay 4)", []), ("update (replay 1)", ["update.replay=1"]),
+           ("update (replay 1, correct_prior)", ["update.replay=1", "update.correct_prior=true"]),
            ("update (replay 4, distill 1)", ["update.distill=1"]), ("naive fine-tune (replay 0)", ["update.replay=0"]))
 
 

@@ -121,9 +121,11 @@ def test_a_class_left_out_is_learned_from_feedback_and_the_old_ones_kept(run, tm
 def test_new_data_teaches_a_class_with_its_columns_matched_by_name(run, tmp_path):
     rows = [r | {"note": "new"} for r in blobs("c", 60, 5) + blobs("a", 20, 6)]
     new = write_csv(tmp_path / "new.csv", rows, columns=("label", "note", "y", "x"))
-    assert update(str(run), f"data.path={new}", "update.min_steps=40", f"output={tmp_path / 'v2'}") == 0
+    assert update(str(run), f"data.path={new}", "update.min_steps=40", "update.correct_prior=true",
+                  f"output={tmp_path / 'v2'}") == 0
     record = metrics(tmp_path / "v2")
     assert record["lineage"]["classes"]["new"] == ["c"] and record["lineage"]["learned_from"]["data"]["train"] == 64
+    assert len(record["lineage"]["prior_offsets"]) == 3  # the loss saw the logits offset by the classes' shares
     assert record["lineage"]["learned_from"]["data"]["fingerprint"]["files"] == 1
     assert record["gate"]["after"]["new_classes"] >= 0.9
     # RUN's statistics, not the new file's, encode the rows (the new file alone is off-centre).

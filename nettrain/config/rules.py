@@ -78,6 +78,7 @@ RULES: list[Rule] = [
     ("lr_find.diverge_factor", number(above=1), "must be a number > 1"),
     ("update.feedback", *BOOLEAN),
     ("update.replay", number(at_least=0, at_most=1000), "must be a number in [0, 1000] (replayed per new example)"),
+    ("update.correct_prior", *BOOLEAN),
     ("update.distill", number(at_least=0), "must be a number >= 0 (0 = no distillation)"),
     ("update.temperature", number(above=0), "must be a number > 0"),
     ("update.holdout", number(at_least=0, below=1), "must be a number in [0, 1)"),

@@ -47,6 +47,7 @@ from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError
 from nettrain.evaluation.forgetting import Figures, gate, measure
 from nettrain.files import atomic_write_bytes, atomic_write_text
+from nettrain.inference.decision import class_counts
 from nettrain.inference.load import CONFIRM_HOW, load_model, run_dir_of
 from nettrain.models.build import build_trainable
 from nettrain.models.memory import remembered_rows
@@ -106,6 +107,7 @@ class Plan:
     new: NewExamples
     transforms: tuple[BatchTransform | None, BatchTransform | None]  # RUN's train and val batch transforms
     rows: tuple[Tensor, Tensor] | None   # a memory of rows: everything it holds after the update
+    offsets: Tensor | None = None        # update.correct_prior: per class, log(share in the mix / share in the data)
     lineage: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -157,6 +159,7 @@ def _prepare(checkpoint: Path, records: list[Record], feedback_files: list[str],
                 old_val=join([gather(old.data.val), previous["holdout"]], pad), new=new,
                 transforms=(old.data.train.transform, old.data.val.transform),
                 rows=memory_rows(old.data, previous["train"], new.train, saved, settings))
+    plan.offsets = prior_offsets(plan, class_counts(old.data.train, len(spec.class_names)), previous["train"])
     plan.lineage = lineage(plan, old.fingerprint, previous["count"])
     old.data.close()
     return plan
@@ -298,8 +301,9 @@ def new_examples(cfg: DictConfig, spec: DataSpec, records: list[Record], feedbac
     new = NewExamples(join(trains, pad), join(holdouts, pad), classes, sources)
     if new.train is None:
         raise UserError("no new examples to learn from: " + ("the feedback records and the new data held none that "
-                        "could be used" if sources else "the run has no feedback records (RUN/feedback/*.jsonl, kept "
-                        "by nettrain serve) and no new data was given (data.path=FILE or data.root=DIR)"))
+                        "could be used" if sources else "no feedback records were read (RUN/feedback/*.jsonl, kept by "
+                        "nettrain serve, read when update.feedback=true) and no new data was given (data.path=FILE or "
+                        "data.root=DIR)"))
     return new
 
 
@@ -414,6 +418,43 @@ def new_config(saved: DictConfig, checkpoint: str, parent: Path, settings: DictC
     return cfg
 
 
+def prior_offsets(plan: Plan, run_counts: list[int] | None, previous: Examples | None) -> Tensor | None:
+    """update.correct_prior: per class, log(its share of an epoch's training mix) - log(its share of RUN's training
+    data with the new examples), added to the logits the loss sees (logit adjustment, Menon et al. 2021). The mix
+    holds the new examples far more often than the data does (4 old per new one: 20 % for a class that is 14 %
+    of the data); trained on it plainly, the model answers the new classes more often than they occur. With the
+    offsets its own logits learn the data's shares. None: numbers, no replay, class weights, counts not at hand."""
+    s, spec = plan.settings, plan.spec
+    if (not s.correct_prior or spec.task != "classification" or not plan.replayed or run_counts is None
+            or plan.cfg.data.get("class_weights")):
+        return None
+    k = spec.num_classes
+    natural = torch.zeros(k, dtype=torch.float64)
+    natural[:len(run_counts)] += torch.tensor(run_counts, dtype=torch.float64)
+    for part in (previous, plan.new.train):
+        if part is not None:
+            natural += torch.bincount(part.y, minlength=k).double()
+    mix = torch.bincount(plan.new.train.y, minlength=k).double() * plan.repeats
+    mix += torch.bincount(plan.pool.y, minlength=k).double() * plan.replayed / len(plan.pool)
+    share = lambda counts: (counts / counts.sum()).clamp_min(1e-6)  # noqa: E731 - a class the mix lacks: -13.8
+    return (share(mix).log() - share(natural).log()).float()
+
+
+class PriorCorrection(nn.Module):
+    """The run's loss on the logits plus `offsets` (`prior_offsets`), while training; validation, run without
+    gradients, measures the loss alone, as eval will."""
+
+    def __init__(self, loss: nn.Module, offsets: Tensor) -> None:
+        super().__init__()
+        self.loss = loss
+        self.register_buffer("offsets", offsets)
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():
+            return self.loss(outputs, targets)
+        return self.loss(outputs + self.offsets.to(device=outputs.device, dtype=outputs.dtype), targets)
+
+
 def no_longer_binary(cfg: DictConfig) -> None:
     """RUN was a binary classifier and the update gives it more classes: its decision threshold and the rare
     class's F1 (precision, recall) it may have been selected by no longer exist; accuracy selects the best epoch."""
@@ -474,6 +515,7 @@ def lineage(plan: Plan, replayed_fingerprint: dict[str, Any] | None, previous: i
                          "replayed_per_epoch": plan.replayed, "replay_pool": len(plan.pool or ()),
                          "repeats": plan.repeats, "from_earlier_updates": previous, "old_validation": len(plan.old_val)},
             "classes": {"old": list(old), "new": plan.spec.class_names[len(old):]},
+            "prior_offsets": [round(v, 4) for v in plan.offsets.tolist()] if plan.offsets is not None else None,
             "settings": OmegaConf.to_container(plan.settings)}
 
 
@@ -619,12 +661,15 @@ def _train(plan: Plan, run_dir: Path, teacher: nn.Module) -> tuple[str, int | No
         _remember_only(plan, run_dir)
         return "completed", None, None
     s = plan.settings
-    distill = None
-    if s.distill > 0:
-        def distill(loss: nn.Module, model: nn.Module) -> nn.Module:
-            return Distillation(loss, teacher, s.distill, s.temperature, plan.old_classes,
+
+    def wrap(loss: nn.Module, model: nn.Module) -> nn.Module:
+        if plan.offsets is not None:
+            loss = PriorCorrection(loss, plan.offsets).to(next(model.parameters()).device)
+        if s.distill > 0:
+            loss = Distillation(loss, teacher, s.distill, s.temperature, plan.old_classes,
                                 plan.spec.task == "regression").attach(model)
-    result = fit(plan.cfg, run_dir, data_source=data_source(plan), loss_wrapper=distill)
+        return loss
+    result = fit(plan.cfg, run_dir, data_source=data_source(plan), loss_wrapper=wrap)
     if result.get("error"):
         log.error("nettrain: %s", result["error"])
     return result["status"], result.get("signal"), result.get("error")
