@@ -9,9 +9,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.font_manager  # noqa: F401 - builds matplotlib's font cache now, outside any test's output
 import pytest
 
 from nettrain.cli import main
+
+# The tests point XDG_CACHE_HOME at their own dirs; matplotlib keeps its font cache where it found it, or it
+# rebuilds it and says "generated new fontManager" in the output of whichever test imports it first.
+os.environ["MPLCONFIGDIR"] = matplotlib.get_cachedir()
 
 # Small, fast settings for tests that only need a run to exist.
 FAST = ["trainer.max_epochs=2", "trainer.log_every_n_steps=5"]

@@ -14,9 +14,8 @@ from nettrain.models.build import build_model
 CONFIGS = {name: OmegaConf.load(f"{__import__('pathlib').Path(__file__).parents[1]}/configs/model/{name}.yaml")
            for name in MODELS}
 # Models of images and tables that take any input size (the Inceptions and the timm zoo have tests of
-# their own in test_zoo.py; the text models take token ids: test_text.py).
-TEXT_MODELS = ("transformer", "bag", "hf")
-ARRAY_MODELS = [name for name in MODELS if name not in TEXT_MODELS]
+# their own in test_zoo.py; the text models take token ids: test_text.py, test_text_lm.py).
+ARRAY_MODELS = [name for name in MODELS if set(MODELS.get(name).inputs) & {"image", "tabular"}]
 ANY_SIZE = [name for name in ARRAY_MODELS if name not in ("inception_v3", "googlenet", "timm")]
 
 

@@ -16,7 +16,7 @@ BAD_INPUTS = [
     (["model.dropout=1.0"], "model.dropout=1.0: must be a number in [0, 1)"),
     (["model.dropout=-0.2"], "model.dropout=-0.2: must be a number in [0, 1)"),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0: must be an integer >= 1"),
-    (["model=lstm"], "unknown model=lstm; allowed: bag, cnn, googlenet, hf, inception_v3"),
+    (["model=lstm"], "unknown model=lstm; allowed: bag, cnn, googlenet, gpt, hf, inception_v3"),
     (["data=imagenet"], "unknown data=imagenet; did you mean imagefolder? allowed:"),
     (["optimizer=lion"], "unknown optimizer=lion; allowed: adam, adamw, rmsprop, sgd"),
     (["scheduler=linear"], "unknown scheduler=linear; allowed:"),

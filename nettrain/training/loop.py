@@ -109,11 +109,11 @@ class Run:
             save_checkpoint(state, self.ckpt_dir / "last.pt")
 
 
-def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None, *, data_source: DataSource = build_data,
+def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None, *, data_source: DataSource | None = None,
         loss_wrapper: LossWrapper | None = None) -> dict[str, Any]:
     """Train `cfg` into `run_dir` (continuing `ckpt` when given). Returns the final metrics record
-    (status, best, history) with the best weights loaded into `result["model"]`. `data_source` builds the data
-    from `cfg.data` (nettrain update: a run's replayed data and the new examples); `loss_wrapper` turns the
+    (status, best, history) with the best weights loaded into `result["model"]`. `data_source` (default
+    build_data) builds the data from `cfg.data` (nettrain update: a run's replayed data and the new examples); `loss_wrapper` turns the
     config's loss and the model into the loss the steps minimize (update's distillation)."""
     run = set_up(cfg, run_dir, ckpt, data_source, loss_wrapper)
     status, diverged_at = "completed", None
@@ -146,7 +146,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None = None, *, d
     return finish(run, status, diverged_at, stop.signum)
 
 
-def set_up(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None, data_source: DataSource = build_data,
+def set_up(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None, data_source: DataSource | None = None,
            loss_wrapper: LossWrapper | None = None) -> Run:
     """Everything a run needs before its first step: the runtime, data, model, loss, optimizer and schedule,
     the checkpoint's state restored (a resume), the records started, the model wrapped for DDP and compiled."""
@@ -195,9 +195,9 @@ def set_up(cfg: DictConfig, run_dir: Path, ckpt: dict[str, Any] | None, data_sou
     return run
 
 
-def _build_data(cfg: DictConfig, rt: runtime.Runtime, data_source: DataSource) -> Data:
+def _build_data(cfg: DictConfig, rt: runtime.Runtime, data_source: DataSource | None) -> Data:
     resident = cfg.data.get("device_resident", "auto")
-    return data_source(cfg.data, DataContext(
+    return (data_source or build_data)(cfg.data, DataContext(
         seed=cfg.trainer.seed, device=rt.device, rank=rt.rank, world_size=rt.world_size,
         resident=resident is True or (resident == "auto" and rt.device.type == "cuda"),
         eval_batch_size=cfg.trainer.eval_batch_size or 4 * cfg.data.batch_size))
