@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench.py                  # a table
     .venv/bin/python scripts/bench.py --json           # [{"case", "nettrain", "raw", "ratio", ...}, ...]
     .venv/bin/python scripts/bench.py --cases mlp_digits --rounds 9 --no-startup --no-ddp
+    .venv/bin/python scripts/bench.py --cases gpt_char --no-startup --no-ddp --set trainer.threads=1
 
 For each case, in this one process: the same model (nettrain's builders), data, batch size and
 precision, trained by `nettrain.training.loop.fit` (its history's `train_samples_per_sec`) and by a minimal
@@ -364,6 +365,8 @@ def main() -> None:
     parser.add_argument("--no-ddp", action="store_true", help="skip the 1 -> 2 process scaling")
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up and default-run timings")
     parser.add_argument("--threads", action="store_true", help="also nettrain's samples/s with threads auto, 1, all (CPU)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for every case, e.g. --set trainer.threads=1 on a busy machine")
     args = parser.parse_args()
     wanted = args.cases.split(",")
     unknown = set(wanted) - {c.name for c in CASES}
@@ -384,7 +387,8 @@ def main() -> None:
                 case.make_data(root, cuda)
             # Validation is not what is measured: one batch of it keeps the rounds short.
             overrides = case.overrides + (case.gpu if cuda else [])
-            cfg = config([o.format(root=root) for o in overrides] + ["trainer.limit_val_batches=1", "checkpoint.save_top_k=0"])
+            cfg = config([o.format(root=root) for o in overrides] + ["trainer.limit_val_batches=1", "checkpoint.save_top_k=0",
+                                                                      *args.set])
             epochs = (case.gpu_epochs or case.epochs) if cuda else case.epochs
             # DDP scaling on the CPU's processes; GPUs need a multi-GPU machine (see README, torchrun).
             rows.append(measure_case(case, cfg, epochs, args.rounds, case.ddp and not args.no_ddp and not cuda, work))

@@ -7,14 +7,15 @@ far), when it first reached a target loss, its steps/s and tokens/s, and a text 
     .venv/bin/python scripts/bench_lm.py --data ... --run outputs/...   # the table of a run trained before
 
 Time is the run's training time: the sum of its epochs' seconds (steps and validations; not the start-up of the
-process or the data's encoding, which `total` shows). On a machine other work shares it says little; the
-steps and the losses do not depend on it.
+process or the data's encoding, which "in all" adds). On a machine other work shares it says little (the run's
+CPU time, printed too, says more); the steps and the losses do not depend on it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -22,11 +23,15 @@ from pathlib import Path
 from typing import Any
 
 
-def train(experiment: str, data: str, run_dir: Path, overrides: list[str]) -> None:
+def train(experiment: str, data: str, run_dir: Path, overrides: list[str]) -> float:
+    """Train the recipe; returns the CPU seconds the run took (user + system, its threads together)."""
     command = [sys.executable, "-m", "nettrain", "train", f"+experiment={experiment}", f"data.path={data}",
                f"hydra.run.dir={run_dir}", *overrides]
     print("$", " ".join(command[1:]), file=sys.stderr)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(command, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def sample(run_dir: Path, prompt: str, tokens: int) -> str:
@@ -72,10 +77,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="nettrain-lm-") as tmp:
         run_dir = Path(args.run) if args.run else Path(tmp) / "run"
-        if not args.run:
-            train(args.experiment, args.data, run_dir, args.overrides)
+        cpu = None if args.run else train(args.experiment, args.data, run_dir, args.overrides)
         record = json.loads((run_dir / "metrics.json").read_text())
         print("\n".join(table(record, args.target)))
+        if cpu is not None:  # on a shared machine, nearer an idle machine's wall clock than the wall clock is
+            print(f"CPU time of the run: {cpu:.0f} s ({record['run']['threads']} thread(s))")
         print(f"\nnettrain generate RUN prompt={args.prompt!r} max_new_tokens={args.tokens} (seed 0):\n")
         print(sample(run_dir, args.prompt, args.tokens))
 

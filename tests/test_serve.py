@@ -354,7 +354,8 @@ def test_bad_requests_get_one_line_and_the_server_keeps_serving(image_server, bo
 
 def test_unknown_routes_and_methods_and_bad_uploads(image_server):
     client, _ = image_server
-    assert "no route /nope; routes: GET /health, GET /info, POST /predict, POST /feedback" in error_of(client.get("/nope"))
+    routes = "GET /health, GET /info, POST /predict, POST /generate, POST /feedback"
+    assert f"no route /nope; routes: {routes}" in error_of(client.get("/nope"))
     assert client.get("/predict").status_code == 405 and "GET is not allowed on /predict" in error_of(client.get("/predict"))
     bad = client.post("/predict", files=[("photo", ("x.jpg", b"\xff\xd8\xff\xe0 broken", "image/jpeg"))])
     assert bad.status_code == 422 and error_of(bad).startswith("photo (x.jpg): cannot read the image")

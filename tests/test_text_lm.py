@@ -379,3 +379,54 @@ def test_gpt_takes_only_plain_text_and_only_gpt_takes_it(tmp_path, capfd):
     assert capfd.readouterr().err.strip().splitlines()[-1] == (
         "nettrain: invalid model='transformer': needs text data, but the data is text_lm (input shape [256]); "
         "use data=text")
+
+
+# --- serve -----------------------------------------------------------------------------------------------
+
+def test_serve_writes_text_with_post_generate(lm_run, digits_run):
+    import httpx
+
+    from nettrain.inference.load import load_model
+    from nettrain.serving.app import create_app
+    from nettrain.serving.network import listen
+    from nettrain.serving.server import start
+    from nettrain.serving.service import Service, Settings
+
+    def serving(run: Path) -> tuple[object, httpx.Client]:
+        running = start(create_app(Service(load_model(run, "cpu"), Settings())), listen("127.0.0.1", 0))
+        return running, httpx.Client(base_url=running.url, timeout=30)
+
+    running, client = serving(lm_run)
+    try:
+        asked = {"prompt": "the cat", "max_new_tokens": 40, "seed": 3}
+        answer = client.post("/generate", json=asked).json()
+        assert answer["prompt"] == "the cat" and len(answer["text"]) == 40
+        assert client.post("/generate", json=asked).json()["text"] == answer["text"]  # seeded: the same text
+        with client.stream("POST", "/generate", json=asked | {"stream": True}) as streamed:
+            assert streamed.headers["content-type"].startswith("text/plain")
+            pieces = list(streamed.iter_text())
+        assert "".join(pieces) == "the cat" + answer["text"]
+        info = client.get("/info").json()
+        assert info["task"] == "lm" and info["input"]["kind"] == "text_lm" and info["input"]["context"] == 16
+        for body, status, message in [
+            ({"prompt": "the cät"}, 422, "character 'ä' (U+00E4) is not in the model's vocabulary"),
+            ({"temperature": -1}, 422, "temperature: Input should be greater than or equal to 0"),
+            ({"max_new_tokens": "9"}, 422, "max_new_tokens: Input should be a valid integer"),
+            ({"max_new_tokens": 10**6}, 413, "max_new_tokens=1000000 is over this server's 4096"),
+            ({"length": 5}, 422, "unknown field 'length' in the body"),
+        ]:
+            refused = client.post("/generate", json=body)
+            assert refused.status_code == status and message in refused.json()["error"], refused.text
+        refused = client.post("/predict", json={"inputs": ["the cat"]})
+        assert refused.status_code == 422 and "this model writes text: POST /generate" in refused.json()["error"]
+        assert client.get("/health").json()["generated"] == 3
+    finally:
+        client.close()
+        running.stop()
+    running, client = serving(digits_run)
+    try:
+        refused = client.post("/generate", json={"prompt": "hello"})
+        assert refused.status_code == 400 and "this model does not write text" in refused.json()["error"]
+    finally:
+        client.close()
+        running.stop()

@@ -52,10 +52,14 @@ def _generate(argv: list[str]) -> int:
     if not (isinstance(samples, int) and not isinstance(samples, bool) and samples >= 1):
         raise invalid("samples", samples, "must be an integer >= 1")
     # torch: once the arguments are parsed, so --help and argument errors answer at once
-    from nettrain.inference.generate import check_settings, load_language_model
+    import torch
+
+    from nettrain.inference.generate import check_settings, load_language_model, threads_for
 
     check_settings(args["max_new_tokens"], args["temperature"], args["top_k"], args["seed"])
     lm = load_language_model(args["ckpt"], args["device"], {"model": args.get("model")})
+    if lm.loaded.device.type == "cpu":
+        torch.set_num_threads(threads_for(lm)[0])
     lm.encode_prompt(args["prompt"])  # a prompt the vocabulary cannot encode is refused before any text
     try:
         _write(lm, args, samples)

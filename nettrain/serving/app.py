@@ -1,7 +1,6 @@
 """The HTTP app of `nettrain serve`: every route of the server is one function in `add_routes` below, which only
-reads the request and hands it to the `Service`. A new route (say `POST /generate`) is one more function there,
-with its body typed in `serving/requests.py`; the token, the body limit and the one-line errors apply to it as
-they do to the others.
+reads the request and hands it to the `Service` (`POST /generate`, a language model's text, is one of them, its
+body typed in `serving/requests.py`); the token, the body limit and the one-line errors apply to every route.
 
 Every error is answered `{"error": "one line"}` with a 4xx status (5xx only for the server's own trouble: busy,
 a full disk, a failing model), never with a traceback; the server keeps serving.
@@ -15,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -24,7 +23,7 @@ from nettrain import __version__
 from nettrain.errors import UserError, first_line
 from nettrain.serving.errors import RequestError
 from nettrain.serving.guard import Guard
-from nettrain.serving.requests import Body, FeedbackRequest, PredictRequest, read_json
+from nettrain.serving.requests import Body, FeedbackRequest, GenerateRequest, PredictRequest, read_json
 from nettrain.serving.service import Service
 
 log = logging.getLogger("nettrain")
@@ -67,6 +66,14 @@ def add_routes(app: FastAPI, service: Service) -> None:
             body = PredictRequest.parse(read_json(await request.body()))
             raws, names = body.inputs, [f"inputs[{i}]" for i in range(len(body.inputs))]
         return {"predictions": await service.predict(raws, names)}
+
+    @app.post("/generate", summary="a language model's text after a prompt: JSON, or plain text streamed as written",
+              openapi_extra=schema(GenerateRequest))
+    async def generate(request: Request) -> Any:
+        body = GenerateRequest.parse(read_json(await request.body()))
+        if body.stream:
+            return StreamingResponse(service.generate_stream(body), media_type="text/plain; charset=utf-8")
+        return await service.generate(body)
 
     @app.post("/feedback", summary="the true label of a prediction (by id) or of a new input, stored durably",
               openapi_extra=schema(FeedbackRequest))

@@ -1,7 +1,7 @@
 """A client's raw inputs turned into model inputs, by the preprocessing the run's `DataSpec` records: images (base64
 strings or uploaded bytes) through `data.transforms.load_image`, table rows (objects of column -> value) through
 `data.tabular.encode_rows`, texts through the checkpoint's tokenizer (`data.text.encoder_for`), exactly as
-`nettrain predict` and validation compute them.
+`nettrain predict` and validation compute them. A language model takes prompts instead (POST /generate).
 
 Every input is checked on its own before anything reaches the model, so a bad one is answered with one line
 naming it (`inputs[2]: ...`) and never spoils a batch shared with other clients. An input becomes one tensor
@@ -199,9 +199,29 @@ class TextInputs:
                 "truncation": f"texts longer than {p['max_length']} tokens are cut there", "text_column": p["text_column"]}
 
 
-Inputs = ImageInputs | TableInputs | TextInputs
-KINDS: dict[str, type[ImageInputs] | type[TableInputs] | type[TextInputs]] = {
-    "image": ImageInputs, "tabular": TableInputs, "text": TextInputs}
+class PromptInputs:
+    """A language model's: it takes a prompt to continue (POST /generate), not inputs to predict."""
+
+    kind = "text_lm"
+
+    def __init__(self, spec: DataSpec) -> None:
+        self.spec = spec
+
+    def parse(self, raw: Any, where: str) -> str:
+        raise RequestError('this model writes text: POST /generate {"prompt": "...", "max_new_tokens": 200} '
+                           '(GET /info says what it takes)')
+
+    def describe(self) -> dict[str, Any]:
+        p = self.spec.preprocessing
+        vocabulary = f"{p['vocab_size']} characters" if p.get("vocabulary") == "char" else f"{p['vocab_size']} BPE tokens"
+        return {"kind": "text_lm", "send": 'POST /generate {"prompt": "...", "max_new_tokens": N, "temperature": T, '
+                                           '"top_k": K, "seed": S, "stream": false}',
+                "vocabulary": vocabulary, "context": self.spec.input_shape[0]}
+
+
+Inputs = ImageInputs | TableInputs | TextInputs | PromptInputs
+KINDS: dict[str, type[ImageInputs] | type[TableInputs] | type[TextInputs] | type[PromptInputs]] = {
+    "image": ImageInputs, "tabular": TableInputs, "text": TextInputs, "text_lm": PromptInputs}
 
 
 def inputs_for(spec: DataSpec, source: str) -> Inputs:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
 
 from nettrain.serving.errors import RequestError, describe_value
 
@@ -58,6 +58,19 @@ class FeedbackRequest(Body):
     @classmethod
     def example(cls) -> str:
         return '{"id": "...", "label": "..."}'
+
+
+class GenerateRequest(Body):
+    prompt: StrictStr = Field("", description="what the text starts with (empty: a new line)")
+    max_new_tokens: StrictInt = Field(200, ge=1, description="tokens to write after the prompt")
+    temperature: float = Field(0.8, ge=0, allow_inf_nan=False, description="0: always the most likely token")
+    top_k: StrictInt | None = Field(200, ge=1, description="draw among the k most likely tokens; null: all")
+    seed: StrictInt = Field(0, ge=0, description="the draws' seed: the same request writes the same text")
+    stream: StrictBool = Field(False, description="true: the text as plain text, streamed as it is written")
+
+    @classmethod
+    def example(cls) -> str:
+        return '{"prompt": "...", "max_new_tokens": 200}'
 
 
 def _first_problem(e: ValidationError, model: type[Body]) -> str:

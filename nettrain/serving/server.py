@@ -15,6 +15,7 @@ import torch
 import uvicorn
 
 from nettrain.errors import UserError, first_line
+from nettrain.inference.generate import threads_for
 from nettrain.inference.load import load_model
 from nettrain.runtime import choose_threads
 from nettrain.serving.app import create_app
@@ -103,15 +104,17 @@ def serve(ckpt: str, settings: Settings, *, host: str, port: int, device: str = 
         raise
     # A small model's call is too short to split across threads: on a busy 2-core machine the digits MLP's batch
     # of 64 took 19-21 ms on two threads and 4-5 ms on one (the threads wait for each other).
-    threads, why = (threads, "threads=") if threads else choose_threads(service.loaded.model, settings.max_batch)
+    threads, why = (threads, "threads=") if threads else threads_for(service.lm) if service.lm is not None else \
+        choose_threads(service.loaded.model, settings.max_batch)
     torch.set_num_threads(threads)
     running = start(create_app(service), sock, access_log)
     spec = service.loaded.spec
-    what = "regression" if spec.task == "regression" else f"{len(spec.class_names)} classes"
+    what = {"regression": "regression", "lm": "a language model"}.get(spec.task, f"{len(spec.class_names)} classes")
     on = service.loaded.device.type if service.loaded.device.type != "cpu" else f"cpu, {threads} thread(s): {why}"
     log.info("serving %s (%s inputs, %s; %s) on %s", service.loaded.path, service.inputs.kind, what, on, running.url)
-    log.info("  POST /predict  POST /feedback  GET /info  GET /health  (docs: %s/docs); max_batch=%d, batch_wait_ms=%g, "
-             "max_body=%d%s; Ctrl-C stops", running.url, settings.max_batch, settings.batch_wait_ms, settings.max_body,
+    log.info("  %s  GET /info  GET /health  (docs: %s/docs); max_batch=%d, batch_wait_ms=%g, "
+             "max_body=%d%s; Ctrl-C stops", "POST /generate" if service.lm is not None else "POST /predict  POST /feedback",
+             running.url, settings.max_batch, settings.batch_wait_ms, settings.max_body,
              ", token required" if settings.token else "")
     stopped_by = wait_for_signal(running)
     if running.failure:

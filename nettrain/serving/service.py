@@ -9,13 +9,15 @@ import math
 import time
 import uuid
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from nettrain.config.suggest import did_you_mean
-from nettrain.errors import os_error_line
+from nettrain.errors import UserError, os_error_line
 from nettrain.inference.decision import Decision
+from nettrain.inference.generate import LanguageModel, language_model
 from nettrain.inference.load import Loaded
 from nettrain.inference.predict import Prediction, predict_batch
 from nettrain.serving.batching import Batcher
@@ -26,6 +28,7 @@ from nettrain.serving.inputs import inputs_for
 WAITING_BATCHES = 16          # inputs queued beyond this many full batches are refused with 503 (the server is behind)
 REMEMBER_BYTES = 256 * 2**20  # the remembered inputs' total size: fewer than `remember` when they are large images
 CLASSES_SHOWN = 20            # an error lists at most this many of the model's classes
+MAX_NEW_TOKENS = 4096         # the longest text one POST /generate writes: the server writes for many clients
 
 
 @dataclass
@@ -90,12 +93,16 @@ class Service:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="nettrain-feedback")  # one record at a time, in order
         self.started = time.time()
         self.counts: Counter[str] = Counter()
+        # A language model writes one text at a time, in order, off the event loop.
+        self.lm = language_model(loaded) if loaded.spec.task == "lm" else None
+        self._writing = ThreadPoolExecutor(1, thread_name_prefix="nettrain-generate")
 
     def start(self) -> None:
         self.batcher.start()
 
     async def stop(self) -> None:
         await self.batcher.stop()
+        self._writing.shutdown(wait=True)
         self._writer.shutdown(wait=True)
         self.store.close()
 
@@ -132,6 +139,37 @@ class Service:
         if self.loaded.spec.task == "regression":
             return {"id": p.input, "value": p.prediction}
         return {"id": p.input, "label": p.prediction, "probabilities": p.probabilities}
+
+    # --- generate --------------------------------------------------------------------------------------
+
+    async def generate(self, body: Any) -> dict[str, Any]:
+        """The text a language model writes after `body.prompt` (a `GenerateRequest`), whole."""
+        lm, settings = self._writer_for(body)
+        pieces = await asyncio.get_running_loop().run_in_executor(
+            self._writing, lambda: list(lm.stream(body.prompt, **settings))[1:])  # after the prompt
+        self.counts["generated"] += 1
+        return {"prompt": body.prompt, "text": "".join(pieces), "max_new_tokens": body.max_new_tokens,
+                "temperature": body.temperature, "top_k": body.top_k, "seed": body.seed}
+
+    def generate_stream(self, body: Any) -> Iterator[str]:
+        """The prompt, then the text as it is written (checked before the first piece: a refusal is a 4xx)."""
+        lm, settings = self._writer_for(body)
+        self.counts["generated"] += 1
+        return lm.stream(body.prompt, **settings)
+
+    def _writer_for(self, body: Any) -> tuple[LanguageModel, dict[str, Any]]:
+        if self.lm is None:
+            raise RequestError(f"this model does not write text (a {self.loaded.spec.task} model of "
+                               f"{self.inputs.kind} inputs): POST /predict", 400)
+        if body.max_new_tokens > MAX_NEW_TOKENS:
+            raise RequestError(f"max_new_tokens={body.max_new_tokens} is over this server's {MAX_NEW_TOKENS}: ask for "
+                               f"fewer, or continue the text in another request", 413)
+        try:
+            self.lm.encode_prompt(body.prompt)
+        except UserError as e:
+            raise RequestError(str(e)) from None
+        return self.lm, {"max_new_tokens": body.max_new_tokens, "temperature": body.temperature, "top_k": body.top_k,
+                         "seed": body.seed}
 
     # --- feedback --------------------------------------------------------------------------------------
 
@@ -210,6 +248,7 @@ class Service:
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "uptime_s": round(time.time() - self.started, 1),
                 "predicted": self.counts["predicted"], "feedback": self.counts["feedback"],
+                "generated": self.counts["generated"],
                 "batches": {str(size): n for size, n in sorted(self.batcher.batch_sizes.items())}}
 
 
