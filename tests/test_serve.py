@@ -167,6 +167,26 @@ def test_info_says_what_a_client_must_send_and_names_the_parent_run(image_server
     assert Service(load_model(child, "cpu"), Settings()).info()["parent"] == str(image_run)
 
 
+def test_an_exported_onnx_file_is_served_and_its_feedback_reaches_its_run(image_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(image_run, run, ignore=shutil.ignore_patterns("feedback"))
+    assert run_in_process("export", str(run), "quantize=int8") == 0
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for name in ("best.int8.onnx", "best.int8.json"):
+        shutil.copy(run / "export" / name, shipped / name)
+    (tmp_path / "x.png").write_bytes(png(1))
+    for model_file, feedback_dir in ((run / "export" / "best.int8.onnx", run), (shipped / "best.int8.onnx", shipped)):
+        with serving(model_file) as (client, service):
+            assert client.get("/info").json()["model"] == str(model_file)
+            [p] = client.post("/predict", json={"inputs": [b64(png(1))]}).json()["predictions"]
+            local = predict(model_file, tmp_path / "x.png", device="cpu").predictions[0]  # onnxruntime, as served
+            assert p["label"] == local.prediction and p["probabilities"] == pytest.approx(local.probabilities, abs=1e-6)
+            assert client.post("/feedback", json={"id": p["id"], "label": "7"}).json()["stored"] is True
+        # In its run's export/ folder, the file's feedback is the run's: `nettrain update RUN` learns from it.
+        assert [r.label for r in read_feedback(feedback_dir)] == ["7"]
+
+
 def test_table_rows_with_missing_values_and_a_regressor_answers_values(table_runs):
     classifier, regressor = table_runs
     with serving(classifier) as (client, _):

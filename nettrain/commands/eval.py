@@ -28,11 +28,12 @@ usage: nettrain eval [ckpt=]PATH [split=val|test] [output=DIR] [--json]
                      [device=auto|cpu|cuda] [data.KEY=VALUE ...]
                      [model._target_=PATH] [loss._target_=PATH]
 
-Evaluate a checkpoint (a .pt file, or a run dir for its checkpoints/best.pt) on
-the val split (default) or the test split of its data: loss, accuracy,
-per-class precision / recall / F1 and the confusion matrix (regression: loss,
-RMSE, MAE, R2; a language model: loss in nats per token, bits per character,
-perplexity, next-token accuracy). The data is rebuilt from the checkpoint's
+Evaluate a checkpoint (a .pt file, a run dir for its checkpoints/best.pt, or
+an exported .onnx file with its .json, run in onnxruntime) on the val split
+(default) or the test split of its data: loss, accuracy, per-class precision /
+recall / F1 and the confusion matrix (regression: loss, RMSE, MAE, R2; a
+language model: loss in nats per token, bits per character, perplexity,
+next-token accuracy). The data is rebuilt from the checkpoint's (or the .json's)
 config; data.KEY=VALUE changes it, e.g. data.root=DIR to evaluate on other
 files (a language model reads another text with its own vocabulary:
 data.path=other.txt measures its last 10 %, split=test data.test_path=other.txt

@@ -27,7 +27,8 @@ usage: nettrain predict [ckpt=]PATH input=FILE|DIR|CSV | text="..."
 
 Predict the class of each input with its probabilities, using only what the
 checkpoint stores (class names, image size, normalization, tabular statistics).
-ckpt is a .pt file, or a run dir for its checkpoints/best.pt. input is:
+ckpt is a .pt file, a run dir for its checkpoints/best.pt, or an exported .onnx
+file with its .json beside it (run in onnxruntime). input is:
   an image, or a folder of images (searched recursively);
   for a model trained on a table, a CSV file whose rows are predicted (each
   named FILE:LINE, the header being line 1);

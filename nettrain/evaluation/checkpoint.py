@@ -15,14 +15,14 @@ from torch import Tensor
 
 from nettrain.config.rules import validate
 from nettrain.config.user_code import confirm
-from nettrain.data.base import DataContext
+from nettrain.data.base import Data, DataContext
 from nettrain.data.build import build_data
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError, one_of
 from nettrain.evaluation.metrics import evaluate
 from nettrain.evaluation.scores import classification_metrics, regression_metrics
 from nettrain.inference.decision import Decision
-from nettrain.inference.load import CONFIRM_HOW, load_model
+from nettrain.inference.load import CONFIRM_HOW, Loaded, load_model
 from nettrain.models.losses import build_loss
 from nettrain.records.console import step_bar
 from nettrain.runtime import Runtime, resolve_precision
@@ -40,27 +40,35 @@ class Evaluation:
 
 def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: dict[str, Any] | None = None,
                         device: str = "auto", confirmed: dict[str, Any] | None = None) -> Evaluation:
-    """Metrics of the checkpoint's model on `split` of its data (changed by `data_overrides`).
-    `confirmed`: the `model`, `loss` (and `data`, from `data_overrides`) `_target_`s the user names."""
+    """Metrics of the checkpoint's model (or an exported .onnx file's) on `split` of its data (changed by
+    `data_overrides`). `confirmed`: the `model`, `loss` (and `data`, from `data_overrides`) `_target_`s the user names."""
     one_of("split", split, ("val", "test"))
     confirmed = {**(confirmed or {}), "data": data_overrides or {}}
     loaded = load_model(ckpt, device, confirmed)
+    confirm(OmegaConf.to_container(loaded.config), confirmed, ("data", "loss"), str(loaded.path), CONFIRM_HOW)
+    return evaluate_loaded(loaded, rebuild_data(loaded, data_overrides), split)
+
+
+def rebuild_data(loaded: Loaded, data_overrides: dict[str, Any] | None = None) -> Data:
+    """The data the model trained on, rebuilt from its run's config (so the val split is the one training
+    measured), changed by `data_overrides`, and checked to fit the model: its classes, input shape and preprocessing.
+    The caller confirms a `data._target_` first."""
     cfg = loaded.config
-    confirm(OmegaConf.to_container(cfg), confirmed, ("data", "loss"), str(loaded.path), CONFIRM_HOW)
+    data_cfg = cfg.data
     if data_overrides:
         for key in data_overrides:
             if key not in cfg.data:
                 raise UserError(f"unknown data.{key}: the checkpoint's data={cfg.data.name} has "
                                 f"{', '.join('data.' + k for k in cfg.data)}")
-        cfg.data = OmegaConf.merge(cfg.data, data_overrides)
-    validate(OmegaConf.create({"data": cfg.data}))  # only data: the run's other paths may be long gone
+        data_cfg = OmegaConf.merge(cfg.data, data_overrides)
+    validate(OmegaConf.create({"data": data_cfg}))  # only data: the run's other paths may be long gone
     t = cfg.trainer
     # The model's classes in its order: an updated model's new classes follow those its run's data has.
     # A language model reads any text with its own vocabulary (the text's own would give its ids other meanings).
     own = loaded.spec.preprocessing if loaded.spec.task == "lm" else None
-    data = build_data(cfg.data, DataContext(seed=t.seed, device=loaded.device, model_preprocessing=own,
+    data = build_data(data_cfg, DataContext(seed=t.seed, device=loaded.device, model_preprocessing=own,
                                             classes=list(loaded.spec.class_names),
-                                            eval_batch_size=t.eval_batch_size or 4 * cfg.data.batch_size))
+                                            eval_batch_size=t.eval_batch_size or 4 * data_cfg.batch_size))
     if data.spec.class_names != loaded.spec.class_names or data.spec.input_shape != loaded.spec.input_shape:
         raise UserError(f"the data does not match the model: it has classes {data.spec.class_names} and inputs "
                         f"{data.spec.input_shape}, the model was trained on {loaded.spec.class_names} and "
@@ -69,13 +77,20 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: di
         # e.g. a new CSV: its own statistics would standardize the columns differently from training.
         raise UserError("the data's preprocessing differs from the model's (statistics or normalization of other "
                         "data); score new inputs with nettrain predict, which uses the checkpoint's")
+    return data
+
+
+def evaluate_loaded(loaded: Loaded, data: Data, split: str = "val") -> Evaluation:
+    """Metrics of a loaded model on `split` of `data` (from `rebuild_data`), as validation computed them: the loss
+    and precision of the run's config, a binary classifier deciding as it did at the checkpoint's epoch."""
+    cfg = loaded.config
     loader = data.val if split == "val" else data.test
     if loader is None:
-        raise UserError(f"data={cfg.data.name} has no test split here; allowed: split=val "
+        raise UserError(f"data={cfg.data.get('name')} has no test split here; allowed: split=val "
                         "(an image folder gets one from a test/ subfolder)")
     criterion = build_loss(cfg.loss, loaded.spec, data.class_weights).to(loaded.device)
     # The precision training validated with, so val metrics come out as recorded.
-    rt = Runtime(device=loaded.device, amp_dtype=resolve_precision(t.precision, loaded.device), channels_last=False)
+    rt = Runtime(device=loaded.device, amp_dtype=resolve_precision(cfg.trainer.precision, loaded.device), channels_last=False)
     lm = loaded.spec.task == "lm"  # its outputs are logits per token: measured as they come, never collected
     with step_bar(f"evaluating {split}", len(loader), samples_per_step=loader.batch_size) as bar:
         summary, outputs, targets = evaluate(loaded.model, loader, criterion, device=loaded.device,
@@ -87,7 +102,7 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: di
                                   "tokens": blocks * loaded.spec.input_shape[0], **summary},
                           None, None, loaded.spec, loaded.run_dir)
     if outputs is None:
-        raise UserError(f"the {split} split of data={cfg.data.name} is empty")
+        raise UserError(f"the {split} split of data={cfg.data.get('name')} is empty")
     metrics: dict[str, Any] = {"checkpoint": str(loaded.path), "split": split, "samples": len(targets),
                                "loss": summary["loss"]}
     if loaded.spec.task == "regression":
@@ -103,5 +118,3 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: di
             predicted = decision.predict(outputs, threshold)
         metrics |= classification_metrics(predicted, targets, loaded.spec.class_names)
     return Evaluation(split, metrics, outputs, targets, loaded.spec, loaded.run_dir)
-
-

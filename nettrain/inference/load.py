@@ -14,7 +14,8 @@ from nettrain.config.paths import absolute
 from nettrain.config.registry import describe
 from nettrain.config.user_code import confirm
 from nettrain.data.spec import DataSpec
-from nettrain.errors import UserError, one_of
+from nettrain.errors import UserError, invalid, one_of
+from nettrain.inference.exported import OnnxModule, decision_state, is_exported, read_info
 from nettrain.models.build import build_model
 from nettrain.models.tta import with_tta
 from nettrain.records.checkpoint import load_checkpoint, load_weights
@@ -22,8 +23,13 @@ from nettrain.runtime import configure_cuda, cuda_device, resolve_device
 
 
 def run_dir_of(checkpoint: Path) -> Path:
-    """The run dir holding `checkpoint` (checkpoints/best.pt -> the run dir)."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    """The run dir holding `checkpoint`: RUN/checkpoints/best.pt -> RUN, and an exported file still in its run's
+    export/ folder (RUN/export/best.int8.onnx) -> RUN too, so what is served from it (feedback) lands where
+    `nettrain update RUN` reads it; a file anywhere else -> its folder."""
+    folder = checkpoint.parent
+    if folder.name == "checkpoints" or (folder.name == "export" and (folder.parent / "checkpoints").is_dir()):
+        return folder.parent
+    return folder
 
 
 @dataclass
@@ -49,9 +55,12 @@ CONFIRM_HOW = "add {key}={target} to this command"
 
 def load_model(ckpt: str | Path, device: str = "cpu", confirmed: dict[str, Any] | None = None) -> Loaded:
     """Build the checkpoint's model on `device` (`auto`, `cpu`, `cuda[:N]`) in eval mode.
-    A run dir means its checkpoints/best.pt. A model `_target_` the checkpoint names is imported
-    only when `confirmed` (the command's own `model.` arguments) names the same one."""
+    A run dir means its checkpoints/best.pt; an exported .onnx file (with its .json) is run by onnxruntime.
+    A model `_target_` the checkpoint names is imported only when `confirmed` (the command's own `model.`
+    arguments) names the same one."""
     one_of("device", str(device).split(":")[0], ("auto", "cpu", "cuda"))
+    if is_exported(ckpt):
+        return load_exported(Path(absolute(str(ckpt))), str(device))
     target = resolve_device(str(device))
     if target.type == "cuda":
         target = cuda_device(target, None)
@@ -73,3 +82,17 @@ def load_model(ckpt: str | Path, device: str = "cpu", confirmed: dict[str, Any] 
     model = with_tta(model, OmegaConf.select(config, "trainer.tta", default=None), spec)
     return Loaded(model=model.eval(), spec=spec, config=config, path=Path(state["path"]), device=target,
                   decision=state.get("decision"))
+
+
+def load_exported(path: Path, device: str = "cpu", threads: int | None = None) -> Loaded:
+    """An exported .onnx file as a `Loaded`: its model runs in onnxruntime on the CPU (`threads`: None for all
+    cores), its spec, config and decision come from the .json beside it. The model's code is never needed."""
+    if str(device).startswith("cuda"):
+        raise invalid("device", device, "an exported .onnx file runs on the CPU (onnxruntime's CPU provider); "
+                                        "allowed: auto, cpu")
+    if not path.is_file():
+        raise UserError(f"no such exported model: {path}")
+    info = read_info(path)
+    model = OnnxModule(path, threads, info["input_name"], info["output_name"])
+    return Loaded(model=model.eval(), spec=DataSpec.from_dict(info["spec"]), config=OmegaConf.create(info["config"]),
+                  path=path, device=torch.device("cpu"), decision=decision_state(info))
