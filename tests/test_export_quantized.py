@@ -284,5 +284,10 @@ def test_data_moved_away_calibration_refused_then_found_with_data_root_and_eval_
     _, m = figures(run / "export" / "best.int8.onnx")
     assert m["samples"] == 18 and m["files"]["int8 onnx"]["accuracy"] is not None
     capsys.readouterr()
+    assert run_in_process("eval", str(run), f"data.root={moved}", "--json") == 0
+    capsys.readouterr()
     assert run_in_process("eval", str(run / "export" / "best.int8.onnx"), f"data.root={moved}", "--json") == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 18
+    # The file's figures beside the checkpoint's, never over them.
+    assert json.loads((run / "eval" / "val" / "metrics.json").read_text())["checkpoint"].endswith("best.pt")
+    assert (run / "eval" / "best.int8.onnx" / "val" / "metrics.json").is_file()

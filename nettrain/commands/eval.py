@@ -49,7 +49,8 @@ you name the same model._target_, data._target_ or loss._target_ here: code
 named by a checkpoint is never imported on its own.
 
 Writes metrics.json, confusion_matrix.png and a TensorBoard image to output
-(default: RUN_DIR/eval/SPLIT). --json prints the metrics as JSON instead of the
+(default: RUN_DIR/eval/SPLIT; an exported file's: RUN_DIR/eval/FILE/SPLIT, its
+own). --json prints the metrics as JSON instead of the
 tables. The checkpoint may come first without `ckpt=` (a sweep job's dir, whose
 name holds `=`, too).
 
@@ -102,6 +103,12 @@ def print_report(result: Evaluation) -> None:
         out.print(confusions)
 
 
+def default_output(model_file: Path, run_dir: Path, split: str) -> Path:
+    """RUN_DIR/eval/SPLIT for a checkpoint; an exported file's figures beside them, never over them."""
+    exported = model_file.suffix.lower() == ".onnx"
+    return run_dir / "eval" / model_file.name / split if exported else run_dir / "eval" / split
+
+
 def _eval(argv: list[str]) -> int:
     args = parse_args(argv, DEFAULTS, required=("ckpt",), paths=("ckpt", "output"), prefixes=("data.", "model.", "loss."),
                       positional="ckpt")
@@ -112,7 +119,7 @@ def _eval(argv: list[str]) -> int:
 
     result = evaluate_checkpoint(args["ckpt"], split, args.get("data"), args["device"],
                                  {"model": args.get("model"), "loss": args.get("loss")})
-    output = Path(absolute(args["output"])) if args["output"] else result.run_dir / "eval" / split
+    output = Path(absolute(args["output"])) if args["output"] else default_output(Path(absolute(args["ckpt"])), result.run_dir, split)
     if args["json"] is True:
         print(json.dumps(result.metrics, indent=2))
     else:
