@@ -118,12 +118,14 @@ def test_a_class_left_out_is_learned_from_feedback_and_the_old_ones_kept(run, tm
     assert "is the run of a nettrain update" in capsys.readouterr().err
 
 
-def test_new_data_teaches_a_class_with_its_columns_matched_by_name(run, tmp_path):
+def test_new_data_teaches_a_class_with_its_columns_matched_by_name(run, tmp_path, capsys):
     rows = [r | {"note": "new"} for r in blobs("c", 60, 5) + blobs("a", 20, 6)]
     new = write_csv(tmp_path / "new.csv", rows, columns=("label", "note", "y", "x"))
     assert update(str(run), f"data.path={new}", "update.min_steps=40", "update.correct_prior=true",
-                  f"output={tmp_path / 'v2'}") == 0
+                  f"output={tmp_path / 'v2'}", "--json") == 0
     record = metrics(tmp_path / "v2")
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["lineage"] == record["lineage"] and printed["gate"] == record["gate"]
     assert record["lineage"]["classes"]["new"] == ["c"] and record["lineage"]["learned_from"]["data"]["train"] == 64
     assert len(record["lineage"]["prior_offsets"]) == 3  # the loss saw the logits offset by the classes' shares
     assert record["lineage"]["learned_from"]["data"]["fingerprint"]["files"] == 1
