@@ -37,11 +37,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-# The updates compared: the default (replay 4), less replay (with and without the prior corrected), distillation,
-# and plain fine-tuning.
-UPDATES = (("update (replay 4)", []), ("update (replay 1)", ["update.replay=1"]),
-           ("update (replay 1, correct_prior)", ["update.replay=1", "update.correct_prior=true"]),
-           ("update (replay 4, distill 1)", ["update.distill=1"]), ("naive fine-tune (replay 0)", ["update.replay=0"]))
+# The updates compared: the default (replay 8, distillation 0.5), without distillation, with less and more
+# replay, less replay with the prior corrected, and plain fine-tuning.
+UPDATES = (("update (replay 8, distill 0.5)", []), ("update (replay 8)", ["update.distill=0"]),
+           ("update (replay 4)", ["update.replay=4", "update.distill=0"]),
+           ("update (replay 16)", ["update.replay=16", "update.distill=0"]),
+           ("update (replay 1, correct_prior)", ["update.replay=1", "update.distill=0", "update.correct_prior=true"]),
+           ("naive fine-tune (replay 0)", ["update.replay=0", "update.distill=0"]))
 
 
 def nettrain(*args: str, allowed: tuple[int, ...] = (0,)) -> tuple[int, float]:
@@ -211,8 +213,8 @@ def wine(data: Path, out: Path) -> list[dict[str, Any]]:
             store.add(Feedback(f"wine-{i}", "tabular", {c: float(r[c]) for c in features}, r["quality"]))
         store.close()
     for name, extra in (("memory only (update.train=false)", ["update.train=false", "update.holdout=0"]),
-                        ("update (replay 4, remember)", []),
-                        ("update (replay 4, update.remember=false)", ["update.remember=false"])):
+                        ("update (default, remember)", []),
+                        ("update (default, update.remember=false)", ["update.remember=false"])):
         seconds = updated(out / name, str(out / "before"), *extra)
         results.append({"model": name, **score(out / name), "seconds": seconds, **gate_of(out / name)})
     print(f"wine: {len(test)} test rows, {sum(key(r) in seen for r in test)} of them copy a feedback row", flush=True)

@@ -96,7 +96,7 @@ def test_a_class_left_out_is_learned_from_feedback_and_the_old_ones_kept(run, tm
     fingerprints = lineage["data_fingerprints"]
     assert fingerprints["parent_trained_on"] == fingerprints["replayed"] and fingerprints["replayed"]["files"] == 1
     examples = lineage["examples"]  # all of RUN's 240 training rows in the pool; 4 of them per new example an epoch
-    assert examples["replay_pool"] == 240 and examples["replayed_per_epoch"] == 4 * 48 * examples["repeats"]
+    assert examples["replay_pool"] == 240 and examples["replayed_per_epoch"] == 8 * 48 * examples["repeats"]
     assert gate["before"]["new_classes"] == 0 and gate["after"]["new_classes"] >= 0.9
     assert gate["after"]["old"] >= gate["before"]["old"] - 0.01
     # A normal run: checkpoints, TensorBoard curves, Hydra's record, a log; eval and predict take it.
@@ -170,6 +170,7 @@ def test_memory_rows_enter_at_once_without_a_gradient_step(tmp_path):
     assert update(str(parent), "update.train=false", "update.holdout=0", f"output={tmp_path / 'v2'}") == 0
     record = metrics(tmp_path / "v2")
     assert record["epochs"] == 0 and record["history"] == [] and record["remembered_rows"] == 160 + 40
+    assert 0 < record["total_seconds"] < 60
     before, after = load_checkpoint(parent)["model"], load_checkpoint(tmp_path / "v2")["model"]
     assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith("backbone."))  # no step taken
     assert after["memory.rows"].shape == (200, 2) and after["memory.targets"].shape == (200, 3)

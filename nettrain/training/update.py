@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -678,6 +679,7 @@ def _train(plan: Plan, run_dir: Path, teacher: nn.Module) -> tuple[str, int | No
 def _remember_only(plan: Plan, run_dir: Path) -> None:
     """update.train=false: the new run is RUN's weights (the head grown for new classes, untrained) with the new
     rows in its memory, written as a run's checkpoint and metrics.json; no step is taken."""
+    started = time.perf_counter()
     cfg = plan.cfg
     data = data_source(plan)(cfg.data, DataContext(seed=cfg.trainer.seed))
     model = build_trainable(cfg.model, data)
@@ -692,7 +694,7 @@ def _remember_only(plan: Plan, run_dir: Path) -> None:
                       device=torch.device("cpu"), old_classes=plan.old_classes, classes=plan.spec.num_classes)
     record = {"status": "completed", "epochs": 0, "best_epoch": None, "best": {f"val_{figures.metric}": figures.old},
               "seed": cfg.trainer.seed, "environment": environment(), "history": [],
-              "remembered_rows": remembered_rows(model)}
+              "remembered_rows": remembered_rows(model), "total_seconds": round(time.perf_counter() - started, 3)}
     atomic_write_text(run_dir / "metrics.json", json.dumps(record, indent=2, default=float) + "\n")
     log.info("update.train=false: no gradient step; the memory holds %s rows", f"{remembered_rows(model):,}")
 
