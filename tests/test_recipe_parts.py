@@ -290,3 +290,19 @@ def test_an_epoch_waiting_on_decoding_gets_one_hint(tmp_path, monkeypatch, capsy
 @pytest.mark.parametrize(("cache", "delay"), [(True, 0.1), (False, 0.0)])
 def test_no_hint_for_a_cached_run_or_fast_decoding(tmp_path, monkeypatch, capsys, cache, delay):
     assert _decode_run(tmp_path, monkeypatch, capsys, f"data.cache={str(cache).lower()}", delay=delay) == []
+
+
+# --- a constant learning rate is not stepped ----------------------------------------------------------
+
+@pytest.mark.parametrize("overrides, stepped", [([], False), (["scheduler.warmup_epochs=1"], True),
+                                                (["scheduler=cosine"], True)])
+def test_a_constant_schedule_is_not_stepped_and_the_others_are(tmp_path, monkeypatch, overrides, stepped):
+    """LambdaLR.step() is ~17 us: a tenth of a tiny model's step on the CPU, for an lr that never changes."""
+    calls = []
+    step = torch.optim.lr_scheduler.LambdaLR.step
+    monkeypatch.setattr(torch.optim.lr_scheduler.LambdaLR, "step", lambda self, *a: calls.append(1) or step(self, *a))
+    run = train(tmp_path, "trainer.max_epochs=1", *overrides)
+    record = metrics(run)
+    assert (len(calls) > 1) is stepped  # LambdaLR steps once itself, when it is made
+    if not stepped:
+        assert record["history"][0]["lr"] == OmegaConf.load(run / ".hydra" / "config.yaml").optimizer.lr

@@ -91,6 +91,11 @@ def lr_factor(cfg: DictConfig, total_steps: int, steps_per_epoch: int, base_lr: 
     return factor
 
 
+def is_constant(cfg: DictConfig) -> bool:
+    """The schedule keeps optimizer.lr at every step (scheduler=none without warmup): nothing to step."""
+    return cfg.name == "none" and not cfg.get("warmup_epochs", 0)
+
+
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int,
                     max_epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Stepped once per optimizer step (not per epoch), so warmup and decay are smooth."""
