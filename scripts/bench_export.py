@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from nettrain_process import nettrain  # beside this script
 
 # Case: (what it is, the train overrides given DATA, the targets of docs/edge.md for its int8 file).
 CASES: dict[str, tuple[str, list[str], dict[str, float]]] = {
@@ -55,14 +53,6 @@ VARIANTS = {
     "head (Gemm) in float": ["export.keep_float=[Gemm]"],
     "int8 activations": ["export.activations=int8"],
 }
-
-
-def nettrain(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-m", "nettrain", *args], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"nettrain {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def trained(case: str, out: Path, data: str, given: dict[str, str]) -> Path:

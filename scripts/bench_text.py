@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from nettrain_process import nettrain  # beside this script
 
 
 def baseline(train: str, test: str, text: str, target: str) -> tuple[float, float]:
@@ -40,14 +38,6 @@ def baseline(train: str, test: str, text: str, target: str) -> tuple[float, floa
     model.fit(train_rows[text].astype(str), train_rows[target].astype(str))
     accuracy = float((model.predict(test_rows[text].astype(str)) == test_rows[target].astype(str)).mean())
     return accuracy, time.perf_counter() - started
-
-
-def nettrain(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-m", "nettrain", *args], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"nettrain {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def run(overrides: str, train: str, test: str, text: str, target: str, run_dir: Path) -> dict[str, float | str]:
