@@ -4,6 +4,7 @@ tests write and a tiny GPT."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import signal
@@ -430,3 +431,24 @@ def test_serve_writes_text_with_post_generate(lm_run, digits_run):
     finally:
         client.close()
         running.stop()
+
+
+# --- data-parallel and sweeps ----------------------------------------------------------------------------
+
+def test_two_processes_train_a_language_model_as_one_with_their_global_batch(tmp_path):
+    text = write_text(tmp_path / "text.txt")
+    one = train(tmp_path, *tiny(text, "trainer.max_epochs=2", "data.batch_size=8"), name="one")
+    two = train(tmp_path, *tiny(text, "trainer.max_epochs=2", "data.batch_size=4", "trainer.devices=2"), name="two")
+    for ours, reference in zip(history(two), history(one), strict=True):
+        for key in ("train_loss", "val_loss", "val_bpc"):
+            assert ours[key] == pytest.approx(reference[key], rel=1e-4), key
+
+
+def test_a_sweep_of_language_models_runs_each_job_and_summarizes_them(tmp_path):
+    text = write_text(tmp_path / "text.txt")
+    sweep = tmp_path / "sweep"
+    assert run_in_process("train", "-m", "trainer.seed=0,1", *tiny(text, "trainer.max_epochs=1"),
+                          f"hydra.sweep.dir={sweep}") == 0
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["completed", "completed"] and len({r["val_loss"] for r in rows}) == 2
