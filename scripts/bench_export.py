@@ -3,7 +3,7 @@ fp16 ones (`nettrain export RUN quantize=...`): file size, val accuracy next to 
 labels agree with PyTorch's, CPU latency at batch 1 (p50, p95) and throughput at batch 32, on a stated number of
 threads, with the targets of docs/edge.md checked.
 
-    .venv/bin/python scripts/bench_export.py --data /work/shared/data
+    .venv/bin/python scripts/bench_export.py --data DATA
     .venv/bin/python scripts/bench_export.py --data DIR --only resnet18 --run resnet18=outputs/2025-01-31/12-00-00
 
   --data DIR        the real data: DIR/mnist_png, DIR/cats_dogs, DIR/text/trec_{train,test}.csv

@@ -2,7 +2,7 @@
 validation curve (loss in nats per character, bits per character, at each validation, with the training time so
 far), when it first reached a target loss, its steps/s and tokens/s, and a text it writes (`nettrain generate`).
 
-    .venv/bin/python scripts/bench_lm.py --data ../shared/data/text/tinyshakespeare.txt
+    .venv/bin/python scripts/bench_lm.py --data DIR/tinyshakespeare.txt
     .venv/bin/python scripts/bench_lm.py --data ... --experiment shakespeare_char --target 1.5   # on a GPU
     .venv/bin/python scripts/bench_lm.py --data ... --run outputs/...   # the table of a run trained before
 

@@ -1,7 +1,7 @@
 """Serving: requests/s and latency of `nettrain serve` with 1, 8 and 64 concurrent clients, against the same
 predictor called in-process (no HTTP, no batching across requests).
 
-    .venv/bin/python scripts/bench_serve.py --data ../shared/data        # digits MLP, cats/dogs CNN, TREC text
+    .venv/bin/python scripts/bench_serve.py --data DATA        # digits MLP, cats/dogs CNN (DATA/cats_dogs), TREC text (DATA/text)
     .venv/bin/python scripts/bench_serve.py                              # no data at hand: generated photos, texts
     .venv/bin/python scripts/bench_serve.py --models digits --clients 1,8 --requests 100 --json
 

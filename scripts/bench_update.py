@@ -1,7 +1,7 @@
 """`nettrain update` on real data: class-incremental learning, measured against a full retrain and plain fine-tuning.
 
-    .venv/bin/python scripts/bench_update.py --data ../shared/data            # both: TREC, then MNIST digits
-    .venv/bin/python scripts/bench_update.py --data ../shared/data --only trec --out /tmp/bench_update
+    .venv/bin/python scripts/bench_update.py --data DATA            # DATA/text/trec_*.csv, DATA/mnist_png, DATA/tabular
+    .venv/bin/python scripts/bench_update.py --data DATA --only trec --out /tmp/bench_update
 
 For each data set, a run is trained with some classes left out (the "before" model); `nettrain update` then
 teaches it those classes:
@@ -231,7 +231,8 @@ def table(title: str, results: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="the folder of the real data")
+    parser.add_argument("--data", required=True,
+                        help="the folder of the real data: text/trec_{train,test}.csv, mnist_png/, tabular/")
     parser.add_argument("--out", default=None, help="where the runs go (default: a temp dir)")
     parser.add_argument("--only", choices=("trec", "mnist", "wine"), default=None)
     parser.add_argument("--trec-class", default="5", help="the coarse TREC class left out (0-5)")
