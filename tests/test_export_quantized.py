@@ -142,12 +142,19 @@ def test_an_onnx_file_without_its_json_or_damaged_is_one_line(shipped, tmp_path,
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"\x08\x07not onnx at all")
     shutil.copy(folder / "best.json", tmp_path / "broken.json")
+    crafted = tmp_path / "crafted.onnx"  # a .json made to allocate a billion-pixel image per input
+    shutil.copy(folder / "best.onnx", crafted)
+    info = json.loads((folder / "best.json").read_text())
+    info["spec"]["preprocessing"]["image_size"] = 10**9
+    (tmp_path / "crafted.json").write_text(json.dumps(info))
     for args, message in [
         (["predict", str(alone), f"input={pngs}"], "no alone.json beside it"),
         (["predict", str(broken), f"input={pngs}"], "not a complete ONNX file onnxruntime can run"),
         (["eval", str(tmp_path / "missing.onnx")], "no such exported model"),
         (["predict", str(folder / "best.onnx"), f"input={pngs}", "device=cuda"], "an exported .onnx file runs on the CPU"),
         (["export", str(folder / "best.onnx")], "this is an exported file already"),
+        (["predict", str(crafted), f"input={pngs}"], "invalid image preprocessing in the data spec: image_size=1000000000"),
+        (["eval", str(crafted)], "invalid image preprocessing in the data spec: image_size=1000000000"),
     ]:
         assert run_in_process(*args) == 2, args
         err = capsys.readouterr().err.strip()

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from nettrain.config.registry import MAX_IMAGE_SIZE
+from nettrain.errors import UserError
+
 
 @dataclass
 class DataSpec:
@@ -28,7 +31,21 @@ class DataSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataSpec:
-        return cls(**d)
+        """The spec a checkpoint (or an exported file's .json) stores; one that no training wrote (a shape that is
+        not positive integers, images larger than training allows) is one line, before anything is allocated."""
+        try:
+            spec = cls(**d)
+        except TypeError as e:
+            raise UserError(f"not a data spec nettrain wrote: {e}") from None
+        shape, pre = spec.input_shape, spec.preprocessing
+        if not (isinstance(shape, list) and shape and all(isinstance(n, int) and 0 < n <= 2**24 for n in shape)):
+            raise UserError(f"invalid input_shape={shape!r} in the data spec: must be a list of positive integers")
+        if isinstance(pre, dict) and pre.get("kind") == "image":
+            size, channels = pre.get("image_size"), pre.get("channels")
+            if not (isinstance(size, int) and 0 < size <= MAX_IMAGE_SIZE) or channels not in (1, 3):
+                raise UserError(f"invalid image preprocessing in the data spec: image_size={size!r} (1-{MAX_IMAGE_SIZE}), "
+                                f"channels={channels!r} (1 or 3)")
+        return spec
 
     @property
     def is_image(self) -> bool:
