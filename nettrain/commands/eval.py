@@ -105,8 +105,9 @@ def print_report(result: Evaluation) -> None:
 
 def default_output(model_file: Path, run_dir: Path, split: str) -> Path:
     """RUN_DIR/eval/SPLIT for a checkpoint; an exported file's figures beside them, never over them."""
-    exported = model_file.suffix.lower() == ".onnx"
-    return run_dir / "eval" / model_file.name / split if exported else run_dir / "eval" / split
+    from nettrain.inference.exported import is_exported  # numpy and torch: once the arguments are parsed
+
+    return run_dir / "eval" / model_file.name / split if is_exported(model_file) else run_dir / "eval" / split
 
 
 def _eval(argv: list[str]) -> int:

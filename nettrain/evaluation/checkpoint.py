@@ -6,14 +6,16 @@ confusion matrix, and a binary classifier decides as it did at the checkpoint's 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from nettrain.config.rules import validate
+from nettrain.config.suggest import did_you_mean
 from nettrain.config.user_code import confirm
 from nettrain.data.base import Data, DataContext
 from nettrain.data.build import build_data
@@ -49,6 +51,14 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: di
     return evaluate_loaded(loaded, rebuild_data(loaded, data_overrides), split)
 
 
+def check_data_keys(data: DictConfig, keys: Iterable[str]) -> None:
+    """data.KEY=VALUE given to a command that rebuilds a run's data: each KEY must be one of its data config's."""
+    for key in keys:
+        if key not in data:
+            raise UserError(f"unknown data.{key}: the checkpoint's data={data.get('name') or data.get('_target_')} has "
+                            f"{', '.join('data.' + k for k in data)}{did_you_mean(key, list(data))}")
+
+
 def rebuild_data(loaded: Loaded, data_overrides: dict[str, Any] | None = None) -> Data:
     """The data the model trained on, rebuilt from its run's config (so the val split is the one training
     measured), changed by `data_overrides`, and checked to fit the model: its classes, input shape and preprocessing.
@@ -56,10 +66,7 @@ def rebuild_data(loaded: Loaded, data_overrides: dict[str, Any] | None = None) -
     cfg = loaded.config
     data_cfg = cfg.data
     if data_overrides:
-        for key in data_overrides:
-            if key not in cfg.data:
-                raise UserError(f"unknown data.{key}: the checkpoint's data={cfg.data.name} has "
-                                f"{', '.join('data.' + k for k in cfg.data)}")
+        check_data_keys(cfg.data, data_overrides)
         data_cfg = OmegaConf.merge(cfg.data, data_overrides)
     validate(OmegaConf.create({"data": data_cfg}))  # only data: the run's other paths may be long gone
     t = cfg.trainer

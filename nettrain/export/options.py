@@ -16,7 +16,7 @@ from nettrain.config.registry import describe as describe_model
 from nettrain.config.user_code import confirm
 from nettrain.data.base import Data
 from nettrain.errors import UserError, invalid, one_of
-from nettrain.evaluation.checkpoint import rebuild_data
+from nettrain.evaluation.checkpoint import check_data_keys, rebuild_data
 from nettrain.export.quantize import ACTIVATIONS, CALIBRATIONS, METHODS, PRECISIONS
 from nettrain.inference.load import CONFIRM_HOW, Loaded
 
@@ -88,10 +88,7 @@ def measurement_data(loaded: Loaded, options: ExportOptions, confirmed: dict[str
     (the data, None), or (None, why it cannot be rebuilt: moved away, code not confirmed, ...). The training images
     are read without augmentation, so calibration sees them as they are."""
     overrides = dict(options.data or {})
-    for key in overrides:
-        if key not in loaded.config.data:  # a typo is the user's to fix, not a reason to export unmeasured
-            raise UserError(f"unknown data.{key}: the checkpoint's data={loaded.config.data.get('name')} has "
-                            f"{', '.join('data.' + k for k in loaded.config.data)}")
+    check_data_keys(loaded.config.data, overrides)  # a typo is the user's to fix, not a reason to export unmeasured
     if "augment" in loaded.config.data:
         overrides.setdefault("augment", "none")
     try:

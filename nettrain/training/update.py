@@ -46,6 +46,7 @@ from nettrain.data.labels import balanced_weights
 from nettrain.data.loaders import BatchTransform
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError
+from nettrain.evaluation.checkpoint import check_data_keys
 from nettrain.evaluation.forgetting import Figures, gate, measure
 from nettrain.files import atomic_write_bytes, atomic_write_text
 from nettrain.inference.decision import class_counts
@@ -312,10 +313,7 @@ def new_data(cfg: DictConfig, spec: DataSpec, overrides: dict[str, Any], holdout
     """The new data: RUN's data config with `overrides` (its own files: RUN's are not carried over), encoded with
     RUN's preprocessing, its classes first; its val split (data.val_fraction=update.holdout unless given) held out."""
     data_cfg = OmegaConf.merge(cfg.data, {})
-    for key in overrides:
-        if key not in data_cfg:
-            raise UserError(f"unknown data.{key}: {cfg.data.get('name') or 'the'} data of this run has "
-                            f"{', '.join('data.' + k for k in data_cfg)}{did_you_mean(key, list(data_cfg))}")
+    check_data_keys(data_cfg, overrides)
     for key in SOURCE_KEYS:
         if key in data_cfg:
             data_cfg[key] = None
