@@ -1,6 +1,6 @@
 """`nettrain update` on real data: class-incremental learning, measured against a full retrain and plain fine-tuning.
 
-    .venv/bin/python scripts/bench_update.py --data DATA            # DATA/text/trec_*.csv, DATA/mnist_png, DATA/tabular
+    .venv/bin/python scripts/bench_update.py --data DATA            # DATA/text/, DATA/mnist_png, DATA/tabular
     .venv/bin/python scripts/bench_update.py --data DATA --only trec --out /tmp/bench_update
 
 For each data set, a run is trained with some classes left out (the "before" model); `nettrain update` then
@@ -14,7 +14,12 @@ Each update holds out update.holdout of the new examples for its gate. Compared 
 class from scratch, the same recipe) and plain fine-tuning (`update.replay=0`: the new examples alone), and
 the update with distillation (`update.distill=1`). Every model is then scored on the test set the runs never
 saw (TREC's trec_test.csv; MNIST's mnist_png/val, the runs' own val split being held out of mnist_png/train):
-accuracy on the old classes and on the new ones. Seconds: the wall time of the command (a fresh process, as a
+accuracy on the old classes and on the new ones.
+  Text (text/tinyshakespeare.txt, `+experiment=shakespeare_char_cpu` for --lm-steps steps): a character-level
+        language model learns a new kind of text, --questions TREC training questions (their characters outside
+        Shakespeare's vocabulary left out); scored by the loss per character on the run's own validation text
+        (the last 10 % of Shakespeare: old) and on trec_test.csv's questions (new, no run saw them).
+Seconds: the wall time of the command (a fresh process, as a
 user runs it; a trained run kept from an earlier bench's --out shows the seconds it recorded). Prints one
 markdown table per data set and writes OUT/bench_update.json.
 """
@@ -221,22 +226,80 @@ def wine(data: Path, out: Path) -> list[dict[str, Any]]:
     return results
 
 
-def table(title: str, results: list[dict[str, Any]]) -> str:
-    lines = [f"### {title}", "", "| model | old classes | new classes | seconds | gate |", "|---|---|---|---|---|"]
+def questions(source: Path, target: Path, count: int | None, vocabulary: str) -> Path:
+    """The first `count` questions of a TREC csv as a text, a question a line, with the characters a vocabulary
+    lacks left out (a character vocabulary refuses them)."""
+    rows = list(csv.DictReader(open(source, newline="")))[:count]
+    kept = set(vocabulary)
+    target.write_text("".join("".join(c for c in r["text"] if c in kept) + "\n" for r in rows))
+    return target
+
+
+def text_loss(run_dir: Path, path: Path) -> float:
+    """The run's loss per character on all of a text (consecutive blocks, as validation reads one)."""
+    import torch
+    import torch.nn.functional as F
+
+    from nettrain.data.text_lm import vocabulary_of
+    from nettrain.inference.load import load_model
+
+    loaded = load_model(run_dir, "cpu")
+    block = loaded.spec.input_shape[0]
+    ids = torch.from_numpy(vocabulary_of(loaded.spec.preprocessing).encode(path.read_text()))
+    n = (len(ids) - 1) // block
+    x, y = ids[:n * block].view(n, block), ids[1:n * block + 1].view(n, block)
+    total = 0.0
+    with torch.inference_mode():
+        for start in range(0, n, 256):
+            logits = loaded.model(x[start:start + 256])
+            total += F.cross_entropy(logits.flatten(0, 1), y[start:start + 256].flatten(), reduction="sum").item()
+    return total / (n * block)
+
+
+def text(data: Path, out: Path, steps: int, count: int) -> list[dict[str, Any]]:
+    """A Shakespeare character model learns TREC's questions: the update against plain continued training."""
+    shakespeare = data / "text" / "tinyshakespeare.txt"
+    content = shakespeare.read_text()
+    old_val = out / "shakespeare_val.txt"
+    old_val.write_text(content[int(len(content) * 0.9):])  # the run's own validation text: its last 10 %
+    vocabulary = "".join(sorted(set(content)))
+    new = questions(data / "text" / "trec_train.csv", out / "questions.txt", count, vocabulary)
+    test = questions(data / "text" / "trec_test.csv", out / "questions_test.txt", None, vocabulary)
+
+    def scored(name: str, seconds: float, **more: Any) -> dict[str, Any]:
+        return {"model": name, "old": text_loss(out / name, old_val), "new": text_loss(out / name, test),
+                "seconds": seconds, **more}
+
+    before = "before (Shakespeare only)"
+    results = [scored(before, trained(out / before, "+experiment=shakespeare_char_cpu", f"data.path={shakespeare}",
+                                      f"trainer.max_steps={steps}"))]
+    for name, extra in (("update (replay 8, distill 0.5)", []), ("update (replay 8)", ["update.distill=0"]),
+                        ("update (replay 2, distill 0.5)", ["update.replay=2"]),
+                        ("continued training (replay 0)", ["update.replay=0", "update.distill=0"])):
+        seconds = updated(out / name, str(out / before), f"data.path={new}", *extra)
+        results.append(scored(name, seconds, **gate_of(out / name)))
+    return results
+
+
+def table(title: str, results: list[dict[str, Any]], columns: tuple[str, str] = ("old classes", "new classes"),
+          shown: str = "{:.1%}", unit: str = "points") -> str:
+    lines = [f"### {title}", "", f"| model | {columns[0]} | {columns[1]} | seconds | gate |", "|---|---|---|---|---|"]
     for r in results:
-        gate = f"{r['verdict']} (forgot {r['forgot']:.1f} points on val)" if r.get("verdict") else r.get("status", "")
-        lines.append(f"| {r['model']} | {r['old']:.1%} | {r['new']:.1%} | {r['seconds']:.0f} | {gate} |")
+        gate = f"{r['verdict']} (forgot {r['forgot']:.1f} {unit} on val)" if r.get("verdict") else r.get("status", "")
+        lines.append(f"| {r['model']} | {shown.format(r['old'])} | {shown.format(r['new'])} | {r['seconds']:.0f} | {gate} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True,
-                        help="the folder of the real data: text/trec_{train,test}.csv, mnist_png/, tabular/")
+                        help="the folder of the real data: text/ (trec_*.csv, tinyshakespeare.txt), mnist_png/, tabular/")
     parser.add_argument("--out", default=None, help="where the runs go (default: a temp dir)")
-    parser.add_argument("--only", choices=("trec", "mnist", "wine"), default=None)
+    parser.add_argument("--only", choices=("trec", "mnist", "wine", "text"), default=None)
     parser.add_argument("--trec-class", default="5", help="the coarse TREC class left out (0-5)")
     parser.add_argument("--mnist-classes", default="8,9", help="the digits left out")
+    parser.add_argument("--lm-steps", type=int, default=1500, help="steps of the Shakespeare model before its update")
+    parser.add_argument("--questions", type=int, default=2000, help="TREC training questions the language model learns")
     args = parser.parse_args()
     data = Path(args.data).resolve()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_update_")).resolve()
@@ -257,6 +320,12 @@ def main() -> None:
         report["wine"] = wine(data, out / "wine")
         print(table("White wine, model.memory=true, 20 % of the rows back as feedback (old: every test row; new: the "
                     "test rows that copy a feedback row)", report["wine"]), flush=True)
+    if args.only in (None, "text"):
+        (out / "text").mkdir(exist_ok=True)
+        report["text"] = text(data, out / "text", args.lm_steps, args.questions)
+        print(table(f"Shakespeare character model, {args.questions} TREC questions added as new text (loss per "
+                    "character; old: Shakespeare's last 10 %, new: trec_test.csv's questions)", report["text"],
+                    ("old text (nats/char)", "new text (nats/char)"), "{:.3f}", "percent"), flush=True)
     (out / "bench_update.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nruns and bench_update.json in {out}")
 

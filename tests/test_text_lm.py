@@ -296,6 +296,84 @@ def test_continued_training_on_new_text_keeps_the_vocabulary(lm_run, tmp_path, c
         f"checkpoint's (leave data.vocabulary_from to its default, model.init_from)")
 
 
+# --- update: new text, its own replayed ------------------------------------------------------------------
+
+def reversed_text(path: Path, seed: int = 5) -> Path:
+    """Another kind of text in the same characters: the grammar's sentences, their words backwards."""
+    lines = write_text(path, lines=500, seed=seed).read_text().splitlines()
+    path.write_text("".join(" ".join(reversed(line.rstrip(".").split())) + ".\n" for line in lines))
+    return path
+
+
+def test_update_learns_new_text_replaying_its_own_and_gates_on_its_loss(lm_run, tmp_path, capsys):
+    new = reversed_text(tmp_path / "new.txt")
+    before = (lm_run / "checkpoints" / "best.pt").read_bytes()
+    capsys.readouterr()
+    assert run_in_process("update", str(lm_run), f"data.path={new}", f"output={tmp_path / 'v2'}") == 0
+    shown = capsys.readouterr().out
+    assert "tokens of new text" in shown and "RUN's validation set" in shown and "new text held out" in shown
+    record = metrics(tmp_path / "v2")
+    gate, lineage = record["gate"], record["lineage"]
+    assert gate["metric"] == "loss" and gate["unit"] == "percent" and gate["verdict"] == "accepted"
+    assert gate["after"]["new"] < gate["before"]["new"] - 0.1  # it learned the new text
+    assert gate["forgot"] <= 1.0                                # and kept its own
+    tokens = lineage["tokens"]
+    assert tokens["new_train"] + tokens["new_holdout"] == len(new.read_text())  # a character a token
+    assert tokens["new_holdout"] == round(0.2 * len(new.read_text())) and tokens["block_size"] == 16
+    assert lineage["examples"]["replayed_per_epoch"] == 8 * ((tokens["new_train"] - 1) // 16)
+    assert (lm_run / "checkpoints" / "best.pt").read_bytes() == before  # RUN is only read
+    saved = torch.load(tmp_path / "v2" / "checkpoints" / "best.pt", weights_only=True)
+    assert saved["spec"] == torch.load(lm_run / "checkpoints" / "best.pt", weights_only=True)["spec"]
+    # an update of the update replays RUN's text and the text the first one learned
+    assert run_in_process("update", str(tmp_path / "v2"), f"data.path={reversed_text(tmp_path / 'more.txt', 9)}",
+                          "trainer.max_epochs=1", f"output={tmp_path / 'v3'}") == 0
+    chained = metrics(tmp_path / "v3")["lineage"]["tokens"]
+    assert chained["replay_pool"] == tokens["replay_pool"] + tokens["new_train"]
+    assert chained["old_validation"] == tokens["old_validation"] + tokens["new_holdout"]
+    assert len(metrics(tmp_path / "v3")["history"]) == 1
+
+
+def test_an_update_that_forgets_the_old_text_is_rejected(lm_run, tmp_path, capfd):
+    flood = tmp_path / "flood.txt"
+    flood.write_text("a cat. " * 3000 + "\n")
+    code = run_in_process("update", str(lm_run), f"data.path={flood}", "update.replay=0", "update.distill=0",
+                          "optimizer.lr=0.02", "trainer.max_epochs=2", f"output={tmp_path / 'bad'}")
+    assert code == 3
+    assert "nettrain: update rejected: it forgot" in capfd.readouterr().err
+    record = metrics(tmp_path / "bad")
+    assert record["status"] == "rejected" and record["gate"]["forgot"] > 1.0
+
+
+def test_update_refuses_text_its_vocabulary_cannot_read_and_writes_nothing(lm_run, tmp_path, capfd):
+    other = tmp_path / "other.txt"
+    other.write_text("the cat sees the moon.\n" * 300 + "Zebra\n")
+    assert run_in_process("update", str(lm_run), f"data.path={other}", f"output={tmp_path / 'no'}") == 2
+    assert capfd.readouterr().err.strip().splitlines() == [
+        f"nettrain: {other}:301:1: character 'Z' (U+005A) is not in the model's vocabulary of 24 characters "
+        f"('.abcdefghikl...'); a character vocabulary encodes only the characters it was built from"]
+    assert run_in_process("update", str(lm_run), f"output={tmp_path / 'no'}") == 2
+    assert "no new examples to learn from" in capfd.readouterr().err
+    assert run_in_process("update", str(lm_run), f"data.path={write_text(tmp_path / 'ok.txt')}", "data.block_size=8",
+                          f"output={tmp_path / 'no'}") == 2
+    assert "the new data does not fit the model" in capfd.readouterr().err
+    assert not (tmp_path / "no").exists()
+
+
+def test_replayed_text_is_drawn_in_its_share_by_seed_and_epoch():
+    from nettrain.data.examples import ReplayBlockLoader, Tokens
+
+    new, old = Tokens(torch.arange(1000), 10), Tokens(torch.arange(1000, 9000), 10)
+    loader = ReplayBlockLoader(new, old, new_blocks=99, replayed=297, per_epoch=None, batch_size=12, seed=3)
+    assert len(loader) == 33  # (99 + 297) // 12
+    starts = torch.cat(loader.plan(0))
+    assert (starts < 1000 - 10).sum() == 99 and (starts >= 1000).sum() == 297  # a block never crosses the seam
+    assert torch.equal(starts, torch.cat(loader.plan(0))) and not torch.equal(starts, torch.cat(loader.plan(1)))
+    x, y = next(loader.batches(0))
+    assert torch.equal(y[:, :-1], x[:, 1:]) and x.shape == (12, 10)
+    fixed = ReplayBlockLoader(new, old, new_blocks=99, replayed=297, per_epoch=5, batch_size=12, seed=3)
+    assert len(fixed) == 5 and (torch.cat(fixed.plan(0)) < 1000).sum() == 15  # a quarter new, as 99 : 297
+
+
 # --- resume ----------------------------------------------------------------------------------------------
 
 def test_kill_9_mid_epoch_then_resume_is_bit_identical(tmp_path):

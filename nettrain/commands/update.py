@@ -44,10 +44,18 @@ them (update.replay per new example), and RUN's outputs can be a second
 target (update.distill). The new run is a normal run (eval, predict, export,
 serve take it) whose metrics.json records its lineage and the gate's figures.
 
-The gate: accuracy (RMSE for regression) on RUN's validation set and on the
-held-out new examples, before and after. An update that loses more than
-update.max_forgetting points on RUN's validation set is rejected (exit 3,
-the run kept and marked rejected), unless update.force=true.
+A language model learns new text (data.path=new.txt, or a folder of .txt
+files), read with its own vocabulary; its last update.holdout is held out.
+An epoch is a pass over the new text, RUN's text replayed beside it
+(update.replay blocks per new block); it trains as many epochs as RUN made
+passes over its own text, unless trainer.max_epochs or trainer.max_steps.
+
+The gate: accuracy (RMSE for regression, the loss per token for a language
+model) on RUN's validation set and on the held-out new examples, before and
+after. An update that loses more than update.max_forgetting points on RUN's
+validation set (for an RMSE or a loss: rises by more than that many percent)
+is rejected (exit 3, the run kept and marked rejected), unless
+update.force=true.
 
 trainer., optimizer., scheduler., early_stopping. and loss. keys change how
 it trains (default: as RUN trained). --json prints the record as JSON.
@@ -56,6 +64,7 @@ examples:
   nettrain update outputs/2026-01-31/12-00-00_mlp
   nettrain update RUN data.path=new_tickets.csv update.replay=2
   nettrain update RUN update.distill=1 trainer.max_epochs=5 output=runs/v2
+  nettrain update LM_RUN data.path=more_plays.txt trainer.max_epochs=2
 """
 
 DEFAULTS: dict[str, Any] = {"run": None, "output": None, "json": False}
@@ -103,9 +112,15 @@ def print_outcome(outcome: Outcome) -> None:
     examples, classes = record["examples"], record["classes"]
     out.print(f"update of {record['parent']}")
     out.print(f"  new run      {outcome.run_dir}")
-    out.print(f"  learned from {examples['new_train']} new example(s) ({examples['new_holdout']} more held out), "
-              f"{examples['replayed_per_epoch']} of RUN's {examples['replay_pool']} replayed each epoch"
-              + (f"; new classes: {', '.join(classes['new'])}" if classes["new"] else ""))
+    if "tokens" in record:  # a language model: new text
+        tokens = record["tokens"]
+        out.print(f"  learned from {tokens['new_train']:,} tokens of new text ({tokens['new_holdout']:,} more held out), "
+                  f"with {examples['replayed_per_epoch']:,} blocks of {tokens['block_size']} of RUN's "
+                  f"{tokens['replay_pool']:,} training tokens replayed each epoch")
+    else:
+        out.print(f"  learned from {examples['new_train']} new example(s) ({examples['new_holdout']} more held out), "
+                  f"{examples['replayed_per_epoch']} of RUN's {examples['replay_pool']} replayed each epoch"
+                  + (f"; new classes: {', '.join(classes['new'])}" if classes["new"] else ""))
     gate = outcome.gate
     if gate is None:
         return
@@ -113,7 +128,8 @@ def print_outcome(outcome: Outcome) -> None:
     table = Table(title=f"{metric}: before (RUN) and after (the new run)")
     for column in ("measured on", "before", "after", "change"):
         table.add_column(column, justify="left" if column == "measured on" else "right")
-    rows = (("RUN's validation set", "old"), ("new examples held out", "new"), ("  of new classes", "new_classes"))
+    held_out = "new text held out" if "tokens" in record else "new examples held out"
+    rows = (("RUN's validation set", "old"), (held_out, "new"), ("  of new classes", "new_classes"))
     for label, key in rows:
         before, after = gate["before"][key], gate["after"][key]
         if before is None and after is None:

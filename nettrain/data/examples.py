@@ -6,6 +6,8 @@ rows) with their targets (class indices, or numbers). `gather` takes them out of
 all), `encode_raw` makes them from raw inputs as a client sent them (a base64 image, a text, a row {column:
 value}) with a trained model's preprocessing, `loader_of` serves them as a split again. Their targets come from
 `targets_of`: class names mapped to a trained model's indices, a label it has never seen appended after them.
+A language model's examples are a text's `Tokens` (its blocks and their next tokens), served as its loaders serve
+a text: random blocks for training, consecutive ones for evaluation.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from nettrain.data.base import DataContext, tensor_loader
-from nettrain.data.loaders import BatchTransform, Loader, StreamLoader, TensorLoader, TextLoader
+from nettrain.data.loaders import BatchTransform, BlockLoader, Loader, StreamLoader, TensorLoader, TextLoader, epoch_generator
 from nettrain.data.tabular import encode_rows
 from nettrain.data.text import class_order, encode, text_loader
 from nettrain.data.transforms import decode
@@ -61,11 +63,38 @@ class Examples:
         return cls(state["x"], state["y"], state.get("lengths"))
 
 
-def join(parts: Sequence[Examples | None], pad_id: int = 0) -> Examples | None:
-    """One set of the given ones (None where there are none); token ids are padded to the widest with `pad_id`."""
+@dataclass
+class Tokens:
+    """A text as a language model's loaders hold it: its token ids, read in blocks of `block_size` and their next
+    tokens. Its examples are its blocks (one per `block_size` tokens; training draws them from every start)."""
+
+    ids: Tensor
+    block_size: int
+
+    def __len__(self) -> int:
+        return max(0, (len(self.ids) - 1) // self.block_size)
+
+    def state(self) -> dict[str, Any]:
+        return {"ids": self.ids, "block_size": self.block_size}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Tokens:
+        return cls(state["ids"], int(state["block_size"]))
+
+
+def from_state(state: dict[str, Any]) -> Examples | Tokens:
+    """Examples or a text's tokens, as `state()` kept them."""
+    return Tokens.from_state(state) if "ids" in state else Examples.from_state(state)
+
+
+def join(parts: Sequence[Any], pad_id: int = 0) -> Any:
+    """One set of the given ones (None where there are none); token ids are padded to the widest with `pad_id`;
+    texts follow one another (a block across the seam reads the end of one and the start of the next)."""
     parts = [p for p in parts if p is not None and len(p)]
     if not parts:
         return None
+    if isinstance(parts[0], Tokens):
+        return Tokens(torch.cat([p.ids for p in parts]), parts[0].block_size)
     if parts[0].lengths is None:
         return Examples(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
     width = max(p.x.shape[1] for p in parts)
@@ -73,8 +102,11 @@ def join(parts: Sequence[Examples | None], pad_id: int = 0) -> Examples | None:
     return Examples(x, torch.cat([p.y for p in parts]), torch.cat([p.lengths for p in parts]))
 
 
-def gather(loader: Loader, indices: Tensor | None = None) -> Examples:
-    """The examples a split's loader serves (those at `indices`, else all), as it holds them, on the CPU."""
+def gather(loader: Loader, indices: Tensor | None = None) -> Any:
+    """The examples a split's loader serves (those at `indices`, else all), as it holds them, on the CPU; a text's
+    loader gives its whole text (its blocks are drawn from every start of it)."""
+    if isinstance(loader, BlockLoader):
+        return Tokens(loader.ids.cpu(), loader.block_size)
     if isinstance(loader, TensorLoader):
         index = torch.arange(loader.num_samples) if indices is None else indices
         on_device = index.to(loader.device)
@@ -86,10 +118,17 @@ def gather(loader: Loader, indices: Tensor | None = None) -> Examples:
     raise UserError(f"cannot read the examples of a {type(loader).__name__}")
 
 
-def loader_of(examples: Examples, cfg: DictConfig, ctx: DataContext, *, train: bool,
-              transform: BatchTransform | None = None) -> TensorLoader:
+def loader_of(examples: Examples | Tokens, cfg: DictConfig, ctx: DataContext, *, train: bool,
+              transform: BatchTransform | None = None) -> Loader:
     """`examples` served as a split (the data config `cfg` gives the batch size): shuffled full batches for
-    training, in order for evaluation, through the batch `transform` of the loader they came from."""
+    training, in order for evaluation, through the batch `transform` of the loader they came from (a text, for
+    evaluation: its consecutive blocks)."""
+    if isinstance(examples, Tokens):
+        if train:
+            raise ValueError("a text trains through replay_loader, which draws its blocks")
+        loader = BlockLoader(examples.ids, examples.block_size, batch_size=ctx.eval_batch_size or cfg.batch_size,
+                             seed=ctx.seed)
+        return loader.to(ctx.device) if ctx.resident else loader
     if examples.lengths is not None:
         return text_loader(examples.x, examples.lengths, examples.y, cfg, ctx, train=train)
     return tensor_loader(examples.x, examples.y, cfg, ctx, train=train, transform=transform)
@@ -128,11 +167,48 @@ class ReplayTextLoader(_Replaying, TextLoader):
     """New and replayed token ids, each batch cut to its longest text."""
 
 
-def replay_loader(new: Examples, pool: Examples | None, replayed: int, repeats: int, cfg: DictConfig,
-                  ctx: DataContext, transform: BatchTransform | None = None, pad_id: int = 0) -> TensorLoader:
+class ReplayBlockLoader(BlockLoader):
+    """A new text and an old one (the ids: the new first), served as random blocks: each epoch draws its blocks'
+    starts from the new text and from the old in the shares `new` : `replayed` (seeded by the seed and the epoch,
+    as a text's training blocks are: a resumed run serves the same), shuffled together; `per_epoch` batches (None:
+    `new` + `replayed` blocks)."""
+
+    def __init__(self, new: Tokens, pool: Tokens | None, new_blocks: int, replayed: int, per_epoch: int | None, *,
+                 batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        ids = torch.cat([new.ids, pool.ids]) if pool is not None else new.ids
+        replayed = replayed if pool is not None else 0
+        global_batch = batch_size * world_size
+        per_epoch = per_epoch or max(1, (new_blocks + replayed) // global_batch)
+        super().__init__(ids, new.block_size, batch_size=batch_size, seed=seed, per_epoch=per_epoch, rank=rank,
+                         world_size=world_size)
+        drawn = per_epoch * global_batch
+        self.old_blocks = round(drawn * replayed / (new_blocks + replayed))
+        self.new_blocks = drawn - self.old_blocks
+        self.new_tokens = len(new.ids)
+        self.num_samples = drawn  # an epoch's blocks
+
+    def plan(self, epoch: int) -> list[Tensor]:
+        generator, block = epoch_generator(self.seed, epoch), self.block_size
+        starts = torch.cat([torch.randint(self.new_tokens - block, (self.new_blocks,), generator=generator),
+                            self.new_tokens + torch.randint(len(self.ids) - self.new_tokens - block, (self.old_blocks,),
+                                                            generator=generator) if self.old_blocks else
+                            torch.zeros(0, dtype=torch.long)])
+        order = starts[torch.randperm(len(starts), generator=generator)].view(self.per_epoch, -1)
+        return list(order[:, self.rank::self.world_size])
+
+
+def replay_loader(new: Examples | Tokens, pool: Examples | Tokens | None, replayed: int, repeats: int,
+                  cfg: DictConfig, ctx: DataContext, transform: BatchTransform | None = None,
+                  pad_id: int = 0) -> Loader:
     """A training split of `new` examples (each `repeats` times an epoch) and `replayed` examples of `pool` (old
     ones), drawn afresh every epoch; batched by the data config `cfg`, through the batch `transform` (token ids
-    are padded with `pad_id`)."""
+    are padded with `pad_id`). A text's blocks are drawn from every start of the new text and the old
+    (data.batches_per_epoch, when set, fixes an epoch's batches)."""
+    if isinstance(new, Tokens):
+        loader: Loader = ReplayBlockLoader(new, pool, len(new) * repeats, replayed, cfg.get("batches_per_epoch"),
+                                           batch_size=cfg.batch_size, seed=ctx.seed, rank=ctx.rank,
+                                           world_size=ctx.world_size)
+        return loader.to(ctx.device) if ctx.resident else loader
     both = join([new, pool], pad_id)
     kwargs = dict(batch_size=cfg.batch_size, shuffle=True, drop_last=True, seed=ctx.seed, rank=ctx.rank,
                   world_size=ctx.world_size)

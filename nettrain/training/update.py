@@ -41,9 +41,9 @@ from nettrain.config.suggest import did_you_mean
 from nettrain.config.user_code import GROUPS, check_targets, confirm
 from nettrain.data.base import Data, DataContext, files_fingerprint
 from nettrain.data.build import build_data
-from nettrain.data.examples import Examples, encode_raw, gather, join, loader_of, replay_loader, targets_of
+from nettrain.data.examples import Examples, Tokens, encode_raw, from_state, gather, join, loader_of, replay_loader, targets_of
 from nettrain.data.labels import balanced_weights
-from nettrain.data.loaders import BatchTransform
+from nettrain.data.loaders import BatchTransform, BlockLoader
 from nettrain.data.spec import DataSpec
 from nettrain.errors import UserError
 from nettrain.evaluation.checkpoint import check_data_keys
@@ -86,8 +86,8 @@ class Record(Protocol):
 class NewExamples:
     """The examples to learn from: a training part and a held-out part, with the classes grown by their labels."""
 
-    train: Examples | None
-    holdout: Examples | None
+    train: Examples | Tokens | None
+    holdout: Examples | Tokens | None
     classes: list[str]
     sources: dict[str, Any]          # lineage: what they came from, and how many
 
@@ -102,10 +102,10 @@ class Plan:
     cfg: DictConfig                  # the new run's config
     spec: DataSpec                   # the new run's: RUN's classes, then the new ones
     settings: DictConfig             # update.*
-    pool: Examples | None            # RUN's own training examples to replay (a sample, or all of them)
+    pool: Examples | Tokens | None   # RUN's own training examples to replay (a sample, or all of them)
     replayed: int                    # of them, drawn afresh each epoch
     repeats: int                     # each new example's times an epoch
-    old_val: Examples                # RUN's validation set (and what updates before it held out)
+    old_val: Examples | Tokens       # RUN's validation set (and what updates before it held out)
     new: NewExamples
     transforms: tuple[BatchTransform | None, BatchTransform | None]  # RUN's train and val batch transforms
     rows: tuple[Tensor, Tensor] | None   # a memory of rows: everything it holds after the update
@@ -137,9 +137,9 @@ def _prepare(checkpoint: Path, records: list[Record], feedback_files: list[str],
     check_targets(ckpt["config"], OmegaConf.create(confirmed), ckpt["path"])
     parent, spec = run_dir_of(Path(ckpt["path"])), DataSpec.from_dict(ckpt["spec"])
     saved = OmegaConf.create(ckpt["config"])
-    if spec.task not in ("classification", "regression"):
-        raise UserError(f"{parent} predicts {spec.task}: nettrain update teaches classes or numbers; continue a language "
-                        f"model on new text with nettrain train model.init_from={parent} data.path=NEW_TEXT")
+    if spec.task not in ("classification", "regression", "lm"):
+        raise UserError(f"{parent} predicts {spec.task}: nettrain update teaches classes, numbers or a language model's "
+                        f"next tokens")
     if not settings.train and not saved.model.get("memory"):
         raise UserError("update.train=false learns without a gradient step, into a memory of rows only "
                         f"(model.memory=true); {parent} has none: leave update.train=true")
@@ -147,6 +147,8 @@ def _prepare(checkpoint: Path, records: list[Record], feedback_files: list[str],
     new = new_examples(saved, spec, records, feedback_files, data_overrides, settings)
     old = rebuild(saved, spec, parent)
     previous = previous_examples(parent)
+    if spec.task == "lm":
+        text_length(cfg, saved, old.data, overrides, (data_overrides or {}).get("batches_per_epoch"))
     grown = DataSpec(input_shape=spec.input_shape, num_classes=len(new.classes) if spec.task == "classification"
                      else spec.num_classes, class_names=new.classes, task=spec.task, preprocessing=spec.preprocessing)
     if len(grown.class_names) > 2 >= len(spec.class_names):
@@ -238,17 +240,20 @@ def previous_examples(parent: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("format") != EXAMPLES_FORMAT:
             raise ValueError("not a file of update examples")
+        train = from_state(state["train"]) if state.get("train") else None
+        holdout = from_state(state["holdout"]) if state.get("holdout") else None
     except Exception as e:  # noqa: BLE001 - unpickling, truncation, another format: one answer
         raise UserError(f"cannot read {path}, the examples an update of this run learned ({str(e).splitlines()[0][:200]}); "
                         f"restore it, or update the run that update started from") from None
-    train = Examples.from_state(state["train"]) if state.get("train") else None
-    holdout = Examples.from_state(state["holdout"]) if state.get("holdout") else None
     return {"train": train, "holdout": holdout, "count": len(train or ()) + len(holdout or ())}
 
 
 def replay_sample(data: Data, previous: Examples | None, count: int, seed: int, pad: int) -> Examples | None:
     """`count` examples drawn (seeded, without replacement) from RUN's training split and what earlier updates
-    learned; all of them when there are fewer. Only those are read (an image folder's are decoded here)."""
+    learned; all of them when there are fewer. Only those are read (an image folder's are decoded here). A text's
+    are all its tokens (RUN's training text and what updates before it learned): its loader draws the blocks."""
+    if isinstance(data.train, BlockLoader):
+        return join([gather(data.train), previous]) if count > 0 else None
     own = data.train.num_samples
     total = own + len(previous or ())
     if count <= 0 or total == 0:
@@ -481,6 +486,27 @@ def repeats_for(examples: int, cfg: DictConfig, min_steps: int) -> int:
     return times
 
 
+def text_length(cfg: DictConfig, saved: DictConfig, old: Data, overrides: dict[str, Any],
+                batches_per_epoch: int | None) -> None:
+    """A language model's update: an epoch is a pass over the new text's blocks with those replayed beside them
+    (data.batches_per_epoch, given to the update, fixes it instead: RUN's counted RUN's text), and it trains as many
+    epochs as RUN made passes over its own text, unless trainer.max_epochs or trainer.max_steps is given (RUN's
+    max_steps counted RUN's steps: dropped)."""
+    cfg.data.batches_per_epoch = batches_per_epoch
+    if "trainer.max_steps" not in overrides:
+        cfg.trainer.max_steps = None
+    if "trainer.max_epochs" in overrides or "trainer.max_steps" in overrides:
+        return
+    d, t = saved.data, saved.trainer
+    ranks = t.devices if isinstance(t.devices, int) else 1
+    per_pass = max(len(old.train.ids) // (d.block_size * d.batch_size * ranks), 1)  # RUN's batches in one pass
+    batches = t.max_steps * t.accumulate_grad_batches if t.get("max_steps") else \
+        t.max_epochs * (d.get("batches_per_epoch") or per_pass)
+    cfg.trainer.max_epochs = max(1, min(t.max_epochs, round(batches / per_pass)))
+    log.info("a language model's update: %d epoch(s), as many passes as RUN made over its text (an epoch: a pass over "
+             "the new text, with the replayed blocks)", cfg.trainer.max_epochs)
+
+
 def data_source(plan: Plan) -> Any:
     """The loop's data (training.loop.fit's `data_source`): the new and replayed examples to train on, RUN's
     validation set with the held-out new examples to validate on, served as RUN's loaders served its data."""
@@ -514,8 +540,17 @@ def lineage(plan: Plan, replayed_fingerprint: dict[str, Any] | None, previous: i
                          "replayed_per_epoch": plan.replayed, "replay_pool": len(plan.pool or ()),
                          "repeats": plan.repeats, "from_earlier_updates": previous, "old_validation": len(plan.old_val)},
             "classes": {"old": list(old), "new": plan.spec.class_names[len(old):]},
+            **({"tokens": tokens_of(plan)} if isinstance(plan.old_val, Tokens) else {}),
             "prior_offsets": [round(v, 4) for v in plan.offsets.tolist()] if plan.offsets is not None else None,
             "settings": OmegaConf.to_container(plan.settings)}
+
+
+def tokens_of(plan: Plan) -> dict[str, int]:
+    """A language model's update in tokens (its examples are blocks of data.block_size of them)."""
+    def count(text: Tokens | None) -> int:
+        return len(text.ids) if text is not None else 0
+    return {"block_size": plan.old_val.block_size, "new_train": count(plan.new.train), "new_holdout": count(plan.new.holdout),
+            "replay_pool": count(plan.pool), "old_validation": count(plan.old_val)}
 
 
 def save_examples(plan: Plan, run_dir: Path) -> None:
@@ -534,16 +569,15 @@ def save_examples(plan: Plan, run_dir: Path) -> None:
 class Distillation(nn.Module):
     """The run's loss, plus, while training, `weight` x how far the model's outputs on RUN's classes are from RUN's
     own (Learning without Forgetting, Li & Hoiem 2016): the KL divergence of their softmaxes at `temperature`
-    (x temperature^2, so its gradients keep their scale), or the squared error of a regression's values. The
-    inputs are taken from the model's forward (a pre-hook), so the loop calls it as any loss; validation, run
-    without gradients, measures the loss alone, as eval will."""
+    (x temperature^2, so its gradients keep their scale; a language model's at every position), or the squared
+    error of a regression's values. The inputs are taken from the model's forward (a pre-hook), so the loop calls
+    it as any loss; validation, run without gradients, measures the loss alone, as eval will."""
 
-    def __init__(self, loss: nn.Module, teacher: nn.Module, weight: float, temperature: float, old_classes: int,
-                 regression: bool) -> None:
+    def __init__(self, loss: nn.Module, teacher: nn.Module, weight: float, temperature: float, regression: bool) -> None:
         super().__init__()
         self.loss = loss
         self.teacher = [teacher]  # in a list: not a submodule (RUN's weights, frozen, never the run's own)
-        self.weight, self.temperature, self.old_classes, self.regression = weight, temperature, old_classes, regression
+        self.weight, self.temperature, self.regression = weight, temperature, regression
         self.inputs: Tensor | None = None
 
     def attach(self, model: nn.Module) -> Distillation:
@@ -564,7 +598,9 @@ class Distillation(nn.Module):
         if self.regression:
             return loss + self.weight * F.mse_loss(outputs.float(), old)
         t = self.temperature
-        kept = F.log_softmax(outputs[:, :self.old_classes].float() / t, dim=-1)
+        if outputs.dim() == 3:  # a language model's [batch, position, token]: each position's next token
+            outputs, old = outputs.flatten(0, 1), old.flatten(0, 1)
+        kept = F.log_softmax(outputs[:, :old.shape[1]].float() / t, dim=-1)  # RUN's classes: the first ones
         return loss + self.weight * t * t * F.kl_div(kept, F.log_softmax(old / t, dim=-1), log_target=True,
                                                      reduction="batchmean")
 
@@ -665,8 +701,7 @@ def _train(plan: Plan, run_dir: Path, teacher: nn.Module) -> tuple[str, int | No
         if plan.offsets is not None:
             loss = PriorCorrection(loss, plan.offsets).to(next(model.parameters()).device)
         if s.distill > 0:
-            loss = Distillation(loss, teacher, s.distill, s.temperature, plan.old_classes,
-                                plan.spec.task == "regression").attach(model)
+            loss = Distillation(loss, teacher, s.distill, s.temperature, plan.spec.task == "regression").attach(model)
         return loss
     result = fit(plan.cfg, run_dir, data_source=data_source(plan), loss_wrapper=wrap)
     if result.get("error"):
