@@ -137,13 +137,21 @@ def test_weight_decay_takes_the_tied_embedding_once_and_skips_norms(lm_run):
     assert len(decayed | undecayed) == len(list(model.parameters()))
 
 
-def test_bpe_vocabulary_trains_and_writes_any_text(tmp_path, capsys):
+def test_bpe_vocabulary_trains_and_writes_any_text(tmp_path, capsys, monkeypatch):
     text = write_text(tmp_path / "t.txt")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bpe").mkdir()  # a folder named as the keyword: data.tokenizer=bpe is still the keyword, not a path
     run_dir = train(tmp_path, *tiny(text, "data.tokenizer=bpe", "data.vocab_size=300", "trainer.max_epochs=1"))
+    assert torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["config"]["data"]["tokenizer"] == "bpe"
     epoch = metrics(run_dir)["history"][0]
     assert "val_bpc" not in epoch and epoch["val_perplexity"] == pytest.approx(math.exp(epoch["val_loss"]))
     assert run_in_process("generate", str(run_dir), "prompt=Ünïcode ✓ ", "max_new_tokens=10") == 0
     assert capsys.readouterr().out.startswith("Ünïcode ✓ ")  # bytes it never saw still encode, and decode back
+    odd = tmp_path / "odd.txt"
+    odd.write_text("does the café sell 42 cakes?\n" * 200)  # characters the training text never had: their bytes
+    assert run_in_process("update", str(run_dir), f"data.path={odd}", "trainer.max_epochs=1",
+                          f"output={tmp_path / 'v2'}") == 0
+    assert metrics(tmp_path / "v2")["gate"]["after"]["new"] < metrics(tmp_path / "v2")["gate"]["before"]["new"]
     content = text.read_text() * 3
     vocab = BpeVocabulary.train(content, 300)
     whole = vocab.tokenizer.encode(content).ids

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from nettrain.commands.hydra_app import hydra_context, run_hydra_app
 from nettrain.config.overrides import check_added_keys
 from nettrain.config.paths import absolute, absolute_paths
+from nettrain.config.registry import names_or_paths
 from nettrain.config.rules import monitor_mode, validate
 from nettrain.errors import UserError, invalid, os_error_line
 from nettrain.records import rundir
@@ -112,7 +113,7 @@ def _accept(cfg: DictConfig, run_dir: Path, multirun: bool,
     previous = read_metrics(run_dir)
     validate(cfg)
     check_added_keys(cfg, overrides)
-    absolute_paths(cfg)
+    absolute_paths(cfg, names_or_paths(cfg))
     if cfg.resume:
         from nettrain.training.resume import resumed_config  # torch: a checkpoint is read
 

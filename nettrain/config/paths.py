@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,16 +26,16 @@ def absolute(path: str) -> str:
 # means the same files from any directory (eval, predict, resume, fine-tuning).
 RECORDED_PATHS = ("data.root", "data.path", "data.val_path", "data.test_path", "data.cache_dir", "model.init_from",
                   "model.pretrained", "resume")
-# Keys that take a local path or a Hugging Face model name: made absolute only when the path exists.
-NAMES_OR_PATHS = ("data.tokenizer", "model.encoder")
 
 
-def absolute_paths(cfg: DictConfig) -> None:
+def absolute_paths(cfg: DictConfig, names_or_paths: Iterable[str]) -> None:
+    """The paths of `cfg` recorded absolute; `names_or_paths` (keys that take a local path or a name, as
+    config.registry.names_or_paths lists the chosen configs') only where such a path exists."""
     for key in RECORDED_PATHS:
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, str) and not (key == "model.pretrained" and value == "imagenet"):
             OmegaConf.update(cfg, key, absolute(value))
-    for key in NAMES_OR_PATHS:
+    for key in names_or_paths:
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, str) and os.path.exists(absolute(value)):
             OmegaConf.update(cfg, key, absolute(value))

@@ -41,6 +41,8 @@ class Entry:
     label: str | None = None              # the key whose value names it in messages: timm's arch -> timm:convnext_nano
     export: tuple[str, ...] = ("onnx", "torchscript")
     quantize: str | None = None           # how an int8 export quantizes it: static (convolutions), dynamic (matmuls)
+    names_or_paths: tuple[str, ...] = ()  # keys taking a local path or a name (a Hugging Face model's): an existing
+                                          # path is recorded absolute; a name (a keyword) never is
 
     def load(self) -> Callable[..., Any]:
         return _load(self.builder)
@@ -88,6 +90,17 @@ class Registry:
         own = self.get(node.get("name")).rules
         replaced = {key for key, _, _ in own}
         return [rule for rule in self.common if rule[0] not in replaced] + list(own)
+
+
+def names_or_paths(cfg: Mapping[str, Any]) -> list[str]:
+    """The keys of the chosen model and data source that take a local path or a name ("data.tokenizer" of
+    data=text: a tokenizer.json or a Hugging Face model); a user's own code (`_target_`) has none."""
+    keys = []
+    for registry in (MODELS, DATA):
+        node = cfg.get(registry.group) or {}
+        entry = registry.entries.get(node.get("name")) if "_target_" not in node else None
+        keys += [f"{registry.group}.{key}" for key in (entry.names_or_paths if entry else ())]
+    return keys
 
 
 def describe(model: Mapping[str, Any]) -> str:
@@ -153,7 +166,7 @@ MODELS.register("gpt", "nettrain.models.gpt:gpt", inputs=("text_lm",), quantize=
     ("samples", integer(at_least=0), "must be an integer >= 0 (texts generated at each validation)"),
     ("sample_tokens", *POSITIVE),
 ))
-MODELS.register("hf", "nettrain.models.hf:hf", inputs=("text",), quantize="dynamic", rules=(
+MODELS.register("hf", "nettrain.models.hf:hf", inputs=("text",), quantize="dynamic", names_or_paths=("encoder",), rules=(
     ("encoder", name, "must be a Hugging Face model name or folder"),
     ("pooling", one_of("mean", "first"), "allowed: mean, first"),
 ))
@@ -195,7 +208,7 @@ DATA.register("csv", "nettrain.data.tabular:build", inputs=("tabular",), rules=_
     ("categorical", names, "must be a list of column names, e.g. [city,model]"),
     ("task", one_of("auto", "classification", "regression"), "allowed: auto, classification, regression"),
 ))
-DATA.register("text", "nettrain.data.text:build", inputs=("text",), rules=_LABELLED + (
+DATA.register("text", "nettrain.data.text:build", inputs=("text",), names_or_paths=("tokenizer",), rules=_LABELLED + (
     ("path", optional(name), "must be the path of a file"),
     ("target", name, "must be the name of the label column"),
     ("text", name, "must be the name of the text column"),

@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from nettrain.config.paths import absolute, absolute_paths
+from nettrain.config.registry import names_or_paths
 from nettrain.config.rules import validate
 from nettrain.config.suggest import did_you_mean
 from nettrain.config.user_code import GROUPS, check_targets, confirm
@@ -330,7 +331,7 @@ def new_data(cfg: DictConfig, spec: DataSpec, overrides: dict[str, Any], holdout
     if "task" in data_cfg:
         data_cfg.task = spec.task  # the model's task, never guessed again from the new targets
     checked = OmegaConf.create({"data": data_cfg})
-    absolute_paths(checked)
+    absolute_paths(checked, names_or_paths(checked))
     validate(checked)
     data = build_data(checked.data, DataContext(seed=cfg.trainer.seed, classes=list(spec.class_names),
                                                 model_preprocessing=spec.preprocessing))
