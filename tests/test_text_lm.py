@@ -339,6 +339,13 @@ def test_update_learns_new_text_replaying_its_own_and_gates_on_its_loss(lm_run, 
     assert chained["replay_pool"] == tokens["replay_pool"] + tokens["new_train"]
     assert chained["old_validation"] == tokens["old_validation"] + tokens["new_holdout"]
     assert len(metrics(tmp_path / "v3")["history"]) == 1
+    examples = tmp_path / "v2" / "update" / "examples.pt"
+    torch.save({"format": "nettrain-update-examples", "train": {"ids": torch.zeros(4, 4), "block_size": 16}}, examples)
+    capsys.readouterr()
+    assert run_in_process("update", str(tmp_path / "v2"), f"data.path={new}", f"output={tmp_path / 'v4'}") == 2
+    assert capsys.readouterr().err == (f"nettrain: cannot read {examples}, the examples an update of this run learned "
+                                       f"(its token ids are not a 1-D tensor of integers); restore it, or update the run "
+                                       f"that update started from\n")
 
 
 def test_an_update_that_forgets_the_old_text_is_rejected(lm_run, tmp_path, capfd):

@@ -79,7 +79,10 @@ class Tokens:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Tokens:
-        return cls(state["ids"], int(state["block_size"]))
+        ids = state["ids"]
+        if not isinstance(ids, Tensor) or ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise ValueError("its token ids are not a 1-D tensor of integers")
+        return cls(ids, int(state["block_size"]))
 
 
 def from_state(state: dict[str, Any]) -> Examples | Tokens:
