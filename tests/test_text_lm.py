@@ -513,6 +513,8 @@ def test_serve_writes_text_with_post_generate(lm_run, digits_run):
             assert refused.status_code == status and message in refused.json()["error"], refused.text
         refused = client.post("/predict", json={"inputs": ["the cat"]})
         assert refused.status_code == 422 and "this model writes text: POST /generate" in refused.json()["error"]
+        refused = client.post("/feedback", json={"input": "the cat", "label": "x"})
+        assert refused.status_code == 422 and "it learns new text with nettrain update" in refused.json()["error"]
         assert client.get("/health").json()["generated"] == 3
     finally:
         client.close()

@@ -176,6 +176,9 @@ class Service:
     async def feedback(self, id: str | None, raw: Any, label: Any) -> dict[str, Any]:
         """Store the true `label` of a prediction this server made (`id`) or of a new input (`raw`), on disk
         before answering whether the prediction was right."""
+        if self.lm is not None:
+            raise RequestError("this model writes text: it has no labels to take; it learns new text with nettrain "
+                               f"update {self.loaded.path} data.path=TEXT")
         label = self._label(label)
         if id is None:
             items, _ = await asyncio.to_thread(self._prepare, [raw], ["input"])  # stored only if it could be predicted
