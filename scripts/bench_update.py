@@ -273,9 +273,9 @@ def text(data: Path, out: Path, steps: int, count: int) -> list[dict[str, Any]]:
     before = "before (Shakespeare only)"
     results = [scored(before, trained(out / before, "+experiment=shakespeare_char_cpu", f"data.path={shakespeare}",
                                       f"trainer.max_steps={steps}"))]
-    for name, extra in (("update (replay 8, distill 0.5)", []), ("update (replay 8)", ["update.distill=0"]),
-                        ("update (replay 2, distill 0.5)", ["update.replay=2"]),
-                        ("update (1 epoch)", ["trainer.max_epochs=1"]),
+    for name, extra in (("update (default: replay 8)", []), ("update (replay 8, distill 0.5)", ["update.distill=0.5"]),
+                        ("update (replay 2, distill 0.5)", ["update.replay=2", "update.distill=0.5"]),
+                        ("update (1 epoch, distill 0.5)", ["trainer.max_epochs=1", "update.distill=0.5"]),
                         ("continued training (replay 0)", ["update.replay=0", "update.distill=0"])):
         seconds = updated(out / name, str(out / before), f"data.path={new}", *extra)
         results.append(scored(name, seconds, **gate_of(out / name)))

@@ -325,6 +325,7 @@ def test_update_learns_new_text_replaying_its_own_and_gates_on_its_loss(lm_run, 
     assert gate["metric"] == "loss" and gate["unit"] == "percent" and gate["verdict"] == "accepted"
     assert gate["after"]["new"] < gate["before"]["new"] - 0.1  # it learned the new text
     assert gate["forgot"] <= 1.0                                # and kept its own
+    assert lineage["settings"]["distill"] == 0  # update.distill=auto: none for a language model
     tokens = lineage["tokens"]
     assert tokens["new_train"] + tokens["new_holdout"] == len(new.read_text())  # a character a token
     assert tokens["new_holdout"] == round(0.2 * len(new.read_text())) and tokens["block_size"] == 16

@@ -99,6 +99,7 @@ def test_a_class_left_out_is_learned_from_feedback_and_the_old_ones_kept(run, tm
     assert examples["replay_pool"] == 240 and examples["replayed_per_epoch"] == 8 * 48 * examples["repeats"]
     assert gate["before"]["new_classes"] == 0 and gate["after"]["new_classes"] >= 0.9
     assert gate["after"]["old"] >= gate["before"]["old"] - 0.01
+    assert lineage["settings"]["distill"] == 0.5  # update.distill=auto: 0.5 for a classifier
     # A normal run: checkpoints, TensorBoard curves, Hydra's record, a log; eval and predict take it.
     assert (child / "checkpoints" / "best.pt").is_file() and list(child.glob("events.out.tfevents.*"))
     assert (child / ".hydra" / "config.yaml").is_file() and "head grown" in (child / "train.log").read_text()
@@ -248,6 +249,7 @@ def test_bad_inputs_are_one_line_and_exit_2(run, tmp_path, capsys):
         ([str(run), "data.paht=new.csv"], "unknown data.paht"),
         ([str(run), "update.replya=2"], "did you mean replay?"),
         ([str(run), "update.replay=-1"], "invalid update.replay=-1"),
+        ([str(run), "update.distill=some"], "invalid update.distill='some': must be auto or a number >= 0"),
         ([str(run), "trainer.max_epoch=3"], "did you mean trainer.max_epochs?"),
         ([str(run), "model.hidden=[8]"], "an update keeps RUN's model"),
     ]
