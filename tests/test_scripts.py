@@ -59,6 +59,23 @@ def test_gpu_check_unpacks_cifar_and_runs_a_recipe_with_its_evals_here_on_the_cp
     assert 0 <= run["val_accuracy"] <= 1 and 0 <= run["test_accuracy"] <= 1 and "test" in part["result"]
 
 
+def test_gpu_check_trains_the_language_model_recipe_and_reports_its_curve_here_on_the_cpu(tmp_path, monkeypatch):
+    sys.path.insert(0, str(SCRIPTS))
+    sys.path.insert(0, str(Path(__file__).parent))
+    import datagen
+    import gpu_check
+
+    monkeypatch.chdir(tmp_path)
+    text = datagen.sentences(tmp_path / "t.txt", lines=800)
+    tiny = ["trainer.device=cpu", "trainer.precision=32", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
+            "data.block_size=16", "data.batch_size=8", "data.batches_per_epoch=10", "trainer.max_steps=30",
+            "model.samples=0"]
+    part = gpu_check.shakespeare(tmp_path, text, tiny)
+    assert [c["step"] for c in part["curve"]] == [10, 20, 30]
+    assert part["curve"][0]["seconds"] < part["curve"][-1]["seconds"] and part["curve"][-1]["val_loss"] > 1.47
+    assert not part["ok"] and "never <= 1.47" in part["result"]  # a 1-layer model in 30 steps: far from it
+
+
 def test_bench_lm_trains_a_recipe_and_prints_its_curve_and_a_sample(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     import datagen
