@@ -62,8 +62,9 @@ def test_gpu_check_unpacks_cifar_and_runs_a_recipe_with_its_evals_here_on_the_cp
 def test_gpu_check_trains_the_language_model_recipe_and_reports_its_curve_here_on_the_cpu(tmp_path, monkeypatch):
     sys.path.insert(0, str(SCRIPTS))
     sys.path.insert(0, str(Path(__file__).parent))
-    import datagen
     import gpu_check
+
+    import datagen
 
     monkeypatch.chdir(tmp_path)
     text = datagen.sentences(tmp_path / "t.txt", lines=800)
