@@ -48,7 +48,8 @@ A language model learns new text (data.path=new.txt, or a folder of .txt
 files), read with its own vocabulary; its last update.holdout is held out.
 An epoch is a pass over the new text, RUN's text replayed beside it
 (update.replay blocks per new block); it trains as many epochs as RUN made
-passes over its own text, unless trainer.max_epochs or trainer.max_steps.
+passes over its own text, unless trainer.max_epochs or trainer.max_steps is
+given.
 
 The gate: accuracy (RMSE for regression, the loss per token for a language
 model) on RUN's validation set and on the held-out new examples, before and
