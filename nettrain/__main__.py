@@ -1,3 +1,3 @@
-from nettrain.cli import main
+from nettrain.cli import entrypoint
 
-raise SystemExit(main())
+entrypoint()

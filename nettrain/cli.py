@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -68,3 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         # flush stdout again at exit and fail once more, so point it at /dev/null first.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the closed pipe
+
+
+def entrypoint() -> None:
+    """The `nettrain` console script: `main`, then the process ends."""
+    try:
+        code = main()
+    finally:
+        # The work is done: the collection Python runs at exit would walk every object torch, sklearn and their
+        # imports made (0.9 s of a 1.2 s exit). Frozen, they are skipped; nothing is left unflushed by it (files
+        # are closed, atexit handlers still run). Not in `main`: a process calling it again would never free them.
+        gc.freeze()
+    raise SystemExit(code)

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from torchvision.models import ResNet, get_model_weights
 
 from nettrain.config.paths import absolute
 from nettrain.config.registry import MODELS, describe
@@ -124,6 +123,8 @@ def _classes(spec: dict[str, Any]) -> str:
 
 def load_pretrained(model: Net, cfg: DictConfig) -> None:
     """torchvision-format weights into a ResNet backbone (its classifier `fc` is not used)."""
+    from torchvision.models import ResNet  # here: torchvision.models costs a second to import, most runs need none
+
     value = str(cfg.pretrained)
     if not isinstance(model.backbone, ResNet):
         raise invalid("model.pretrained", value, f"needs a torchvision ResNet (model=resnet18, resnet34 or "
@@ -190,6 +191,8 @@ def fetch_imagenet(name: str) -> None:
 
 def _imagenet(name: str) -> tuple[Any, str]:
     """torchvision's default weights enum for `name` and the file it is cached as."""
+    from torchvision.models import get_model_weights
+
     weights = get_model_weights(name).DEFAULT
     return weights, os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
 

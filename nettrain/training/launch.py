@@ -15,6 +15,7 @@ launches DDP workers never trains itself; torch and the loop are imported where 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import logging.config
@@ -262,6 +263,7 @@ def _worker(job: dict[str, Any], logging_config: dict[str, Any] | None, user_err
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(128 + (result.get("signal") or signal.SIGINT))
+    gc.freeze()  # a quick exit, as the launcher's own (cli.main)
     return result
 
 
