@@ -529,6 +529,39 @@ def test_serve_writes_text_with_post_generate(lm_run, digits_run):
         running.stop()
 
 
+def test_a_text_stops_being_written_when_its_client_leaves_or_the_server_stops(lm_run, monkeypatch):
+    import asyncio
+
+    from nettrain.inference.load import load_model
+    from nettrain.serving.requests import GenerateRequest
+    from nettrain.serving.service import Service, Settings
+
+    service = Service(load_model(lm_run, "cpu"), Settings())
+    written = []
+
+    def endless(prompt, **settings):  # a text that would take 1,000 s if nobody stopped it
+        yield prompt
+        for _ in range(10**6):
+            time.sleep(0.001)
+            written.append("a")
+            yield "a"
+
+    monkeypatch.setattr(service.lm, "stream", endless)
+    asked = GenerateRequest.parse({"prompt": "the", "max_new_tokens": 4096})
+    checks = []
+
+    async def left() -> bool:  # the client is gone at the second check
+        checks.append(1)
+        return len(checks) > 1
+
+    assert asyncio.run(asyncio.wait_for(service.generate(asked, left), 30)) is None
+    assert 0 < len(written) < 10**4 and service.counts["generated"] == 0
+    stream = service.generate_stream(asked)
+    assert next(stream) == "the" and next(stream) == "a"
+    asyncio.run(service.stop())  # a shutdown ends the text where it is
+    assert list(stream) == []
+
+
 # --- data-parallel and sweeps ----------------------------------------------------------------------------
 
 def test_two_processes_train_a_language_model_as_one_with_their_global_batch(tmp_path):

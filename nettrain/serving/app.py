@@ -73,7 +73,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
         body = GenerateRequest.parse(read_json(await request.body()))
         if body.stream:
             return StreamingResponse(service.generate_stream(body), media_type="text/plain; charset=utf-8")
-        return await service.generate(body)
+        return await service.generate(body, request.is_disconnected) or Response(status_code=499)  # nobody reads it
 
     @app.post("/feedback", summary="the true label of a prediction (by id) or of a new input, stored durably",
               openapi_extra=schema(FeedbackRequest))

@@ -4,12 +4,14 @@ predictions through the batcher, remembering the last ones, and storing feedback
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
+import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,7 @@ WAITING_BATCHES = 16          # inputs queued beyond this many full batches are 
 REMEMBER_BYTES = 256 * 2**20  # the remembered inputs' total size: fewer than `remember` when they are large images
 CLASSES_SHOWN = 20            # an error lists at most this many of the model's classes
 MAX_NEW_TOKENS = 4096         # the longest text one POST /generate writes: the server writes for many clients
+LEFT_EVERY_S = 0.1            # how often a text being written checks that its client is still there
 
 
 @dataclass
@@ -96,12 +99,14 @@ class Service:
         # A language model writes one text at a time, in order, off the event loop.
         self.lm = language_model(loaded) if loaded.spec.task == "lm" else None
         self._writing = ThreadPoolExecutor(1, thread_name_prefix="nettrain-generate")
+        self._stopping = threading.Event()  # set: the texts being written end where they are
 
     def start(self) -> None:
         self.batcher.start()
 
     async def stop(self) -> None:
         await self.batcher.stop()
+        self._stopping.set()
         self._writing.shutdown(wait=True)
         self._writer.shutdown(wait=True)
         self.store.close()
@@ -142,20 +147,38 @@ class Service:
 
     # --- generate --------------------------------------------------------------------------------------
 
-    async def generate(self, body: Any) -> dict[str, Any]:
-        """The text a language model writes after `body.prompt` (a `GenerateRequest`), whole."""
+    async def generate(self, body: Any, left: Callable[[], Awaitable[bool]]) -> dict[str, Any] | None:
+        """The text a language model writes after `body.prompt` (a `GenerateRequest`), whole; None when the client
+        `left` (an awaitable asked every LEFT_EVERY_S) before it was: the text stops there, so a client that gave
+        up on 4,096 tokens does not keep the others waiting for them."""
         lm, settings = self._writer_for(body)
-        pieces = await asyncio.get_running_loop().run_in_executor(
-            self._writing, lambda: list(lm.stream(body.prompt, **settings))[1:])  # after the prompt
+        gone = threading.Event()
+
+        def write() -> list[str]:
+            pieces = []
+            for piece in lm.stream(body.prompt, **settings):
+                if gone.is_set() or self._stopping.is_set():
+                    break
+                pieces.append(piece)
+            return pieces[1:]  # after the prompt
+
+        writing = asyncio.get_running_loop().run_in_executor(self._writing, write)
+        while not (await asyncio.wait([writing], timeout=LEFT_EVERY_S))[0]:
+            if await left():
+                gone.set()
+        pieces = await writing
+        if gone.is_set():
+            return None
         self.counts["generated"] += 1
         return {"prompt": body.prompt, "text": "".join(pieces), "max_new_tokens": body.max_new_tokens,
                 "temperature": body.temperature, "top_k": body.top_k, "seed": body.seed}
 
     def generate_stream(self, body: Any) -> Iterator[str]:
-        """The prompt, then the text as it is written (checked before the first piece: a refusal is a 4xx)."""
+        """The prompt, then the text as it is written (checked before the first piece: a refusal is a 4xx). The
+        server stops asking for pieces when the client leaves; a shutdown ends the text where it is."""
         lm, settings = self._writer_for(body)
         self.counts["generated"] += 1
-        return lm.stream(body.prompt, **settings)
+        return itertools.takewhile(lambda _: not self._stopping.is_set(), lm.stream(body.prompt, **settings))
 
     def _writer_for(self, body: Any) -> tuple[LanguageModel, dict[str, Any]]:
         if self.lm is None:
