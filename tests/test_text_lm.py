@@ -198,6 +198,8 @@ def test_generate_streams_and_a_seed_reproduces_the_text(lm_run, monkeypatch):
     assert generate(lm_run, monkeypatch, "prompt=the cat", "max_new_tokens=60", "seed=4").text != out.text
     greedy = generate(lm_run, monkeypatch, "prompt=the cat", "max_new_tokens=30", "temperature=0", "seed=1").text
     assert greedy == generate(lm_run, monkeypatch, "prompt=the cat", "max_new_tokens=30", "temperature=0", "seed=2").text
+    for tiny in ("1e-300", "5e-324"):  # 0 in float32: as good as greedy, not NaN probabilities
+        assert generate(lm_run, monkeypatch, "prompt=the cat", "max_new_tokens=30", f"temperature={tiny}").text == greedy
     two = generate(lm_run, monkeypatch, "max_new_tokens=20", "samples=2").text.split("\n" + "-" * 40 + "\n")
     assert len(two) == 2 and two[0] != two[1]
     # longer than the context: the model reads the last block_size characters

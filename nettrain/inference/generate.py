@@ -36,7 +36,9 @@ def choose(logits: Tensor, temperature: float, top_k: int | None, generator: tor
     `top_k` most likely tokens; temperature 0 takes the most likely one."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits / temperature
+    # From the most likely one down, in float64 (temperature=1e-300 is 0 in float32): a tiny temperature sends the
+    # others to -inf, never the top one to inf, which softmax would make NaN.
+    logits = (logits.double() - logits.double().amax(-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
