@@ -238,6 +238,14 @@ def test_generate_refuses_a_classifier_and_a_missing_run(digits_run, tmp_path, c
     assert second.startswith("nettrain: no such checkpoint")
 
 
+def test_predict_on_a_language_model_points_at_generate(lm_run, capfd):
+    for given in ('text=the cat', f"input={lm_run / 'metrics.json'}"):
+        assert run_in_process("predict", str(lm_run), given) == 2
+        err = capfd.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is a language model: it writes text after a prompt, it predicts no class " \
+            f'(nettrain generate {lm_run} prompt="...")' in err[0], err
+
+
 # --- after training: eval, export, continued training ----------------------------------------------------
 
 def test_eval_measures_another_text_file(lm_run, tmp_path, capsys):

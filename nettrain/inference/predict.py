@@ -49,6 +49,9 @@ def predict(ckpt: str | Path, source: str | Path | None, *, batch_size: int = 64
     """Predictions for every readable input under `source` (a file, a folder, or a CSV of rows), or
     for `text` (a model trained on text). `confirmed`: the `model._target_` the user names (see `load_model`)."""
     loaded = load_model(ckpt, device, confirmed)
+    if loaded.spec.task == "lm":
+        raise UserError(f"{loaded.path} is a language model: it writes text after a prompt, it predicts no class "
+                        f"(nettrain generate {ckpt} prompt=\"...\")")
     if text is not None:
         inputs, encode = _text_input(loaded, text)
         path = Path("text")
