@@ -70,3 +70,34 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert code == 2 and "invalid data.root" in err
     code, _, err = check(capsys, "data=csv", f"data.path={machines_csv(tmp_path / 'm.csv')}", "data.target=nope")
     assert code == 2 and "invalid data.target='nope'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_language_models_text_is_checked_for_what_validation_shares_with_training(tmp_path, capsys):
+    # Files are read in order; the last one is the validation part (data.val_fraction is its share).
+    book = tmp_path / "book"
+    book.mkdir()
+    (book / "a.txt").write_text("".join(f"the cat sat on mat number {i} and then it slept\n" for i in range(40)))
+    (book / "b.txt").write_text("a note\n")
+    (book / "b2.txt").write_text("a note\n")  # the same text twice
+    (book / "c.txt").write_text("the cat sat on mat number 7 and then it slept\nZebra\x00 at the end of it all\n")
+    sizes = [len((book / name).read_text()) for name in ("a.txt", "b.txt", "b2.txt", "c.txt")]
+    share = f"data.val_fraction={sizes[-1] / sum(sizes):.4f}"
+    code, out, err = check(capsys, "data=text_lm", f"data.path={book}", "data.block_size=16", share)
+    assert code == 0, err
+    for expected in (f"4 file(s), {sum(sizes):,} characters, {sum(sizes):,} tokens (vocabulary ",
+                     "files with the same text as another: 1", f"{book / 'b.txt'} = {book / 'b2.txt'}",
+                     f"'Z' (U+005A) x1, first at {book / 'c.txt'}:2:1", "control characters: U+0000 x1",
+                     "the training text never shows (the model cannot learn them)",
+                     "1 of its 1 lines of 30+ characters also in the training text",
+                     "leakage: 1 val (the last 4%) line(s) also in the training text",
+                     "the cat sat on mat number 7 and then it slept"):
+        assert expected in out, expected
+    code, out, err = check(capsys, "data=text_lm", f"data.path={book}", "data.block_size=16", share, "strict=true")
+    assert code == 1 and "strict=true: 1 file(s) repeat another's text; 3 character(s) of val (the last 4%) never in " \
+        "the training text; 1 val (the last 4%) line(s) copied from the training text (leakage)" in err, err
+
+    clean = tmp_path / "clean.txt"
+    clean.write_text("".join(f"line {i} of a text that never repeats itself\n" for i in range(100)))
+    code, out, _ = check(capsys, "data=text_lm", f"data.path={clean}", "data.block_size=16", "data.tokenizer=bpe",
+                         "data.vocab_size=300", "strict=true")
+    assert code == 0 and "no problems found" in out and "300 BPE tokens" in out
