@@ -232,6 +232,14 @@ def test_user_dataset_without_preprocessing_says_predict_cannot_run(data_project
     assert "data._target_=shapes.make, whose config states no data.preprocessing: predict cannot turn files" in err
 
 
+def test_check_data_on_a_user_dataset_says_what_it_checks(data_project, capsys):
+    assert run_in_process("check-data", "--config-dir", "conf", "data=shapes") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["nettrain: check-data cannot look inside data._target_=shapes.make: its samples are read one by one "
+                   "by a Dataset, not held in memory; it checks data=imagefolder, csv, text, text_lm and in-memory "
+                   "datasets"], err
+
+
 def test_bad_user_datasets_are_one_line(data_project, capsys):
     base = ["train", "--config-dir", "conf", "data=shapes", "trainer.max_epochs=1", "hydra.run.dir=run"]
     cases = [(["data._target_=shapes.Pictures", "~data.n"], "must yield (tensor, label) pairs, but item 0 is (Image, int)"),

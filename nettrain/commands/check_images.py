@@ -21,6 +21,7 @@ from nettrain.data.image_defaults import choose_shape
 from nettrain.data.imagefolder import find_images
 from nettrain.data.labels import split_indices
 from nettrain.data.transforms import BadImageError, open_file
+from nettrain.errors import UserError
 from nettrain.runtime import available_cores
 
 
@@ -129,7 +130,11 @@ def tensors_report(cfg: DictConfig, out: Console) -> list[str]:
     data = build_data(cfg.data, DataContext(seed=cfg.trainer.seed))
     splits = {name: loader for name, loader in (("train", data.train), ("val", data.val), ("test", data.test))
               if loader is not None and hasattr(loader, "x")}
-    out.print(f"[bold]data={cfg.data.name}[/]  input {data.spec.input_shape}, "
+    source = f"data={cfg.data.name}" if cfg.data.get("name") else f"data._target_={cfg.data.get('_target_')}"
+    if "train" not in splits:  # streamed from the source's own Dataset: nothing to look at short of reading it all
+        raise UserError(f"check-data cannot look inside {source}: its samples are read one by one by a Dataset, not "
+                        f"held in memory; it checks data=imagefolder, csv, text, text_lm and in-memory datasets")
+    out.print(f"[bold]{source}[/]  input {data.spec.input_shape}, "
               + ", ".join(f"{name} {loader.num_samples}" for name, loader in splits.items()))
     problems = []
     if data.spec.task == "classification":
