@@ -267,7 +267,26 @@ def test_eval_on_text_the_vocabulary_cannot_read_names_the_character(lm_run, tmp
     assert run_in_process("eval", str(lm_run), f"data.path={other}") == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert err == [f"nettrain: {other}:21:18: character 'M' (U+004D) is not in the model's vocabulary of 24 characters "
-                   f"('.abcdefghikl...'); a character vocabulary encodes only the characters it was built from"]
+                   f"('.abcdefghikl...'); a character vocabulary encodes only the characters it was built from: "
+                   f"data.unknown_chars=skip leaves out the 4 character(s) of the text it lacks (3 distinct)"]
+    # left out, counted: the loss of the rest
+    assert run_in_process("eval", str(lm_run), f"data.path={other}", "data.unknown_chars=skip", "--json") == 0
+    out, err = capfd.readouterr()
+    assert math.isfinite(json.loads(out)["loss"])
+    assert f"{other}: 4 character(s) (0.72%, 3 distinct) the vocabulary lacks are left out (data.unknown_chars=skip): " \
+           "'O' (U+004F) x2, 'M' (U+004D) x1, 'N' (U+004E) x1" in err
+
+
+def test_a_data_key_added_since_a_run_was_trained_can_be_given_to_its_eval(lm_run, tmp_path, capfd):
+    ckpt = torch.load(lm_run / "checkpoints" / "best.pt", weights_only=True)
+    del ckpt["config"]["data"]["unknown_chars"]  # as a run trained before the key existed
+    torch.save(ckpt, tmp_path / "older.pt")
+    other = tmp_path / "other.txt"
+    other.write_text("the cat sees the moon.\n" * 20 + "the cat sees the MOON.\n" + "a dog.\n" * 10)
+    assert run_in_process("eval", str(tmp_path / "older.pt"), f"data.path={other}", "data.unknown_chars=skip",
+                          f"output={tmp_path / 'eval'}") == 0
+    assert run_in_process("eval", str(tmp_path / "older.pt"), "data.unknown_char=skip") == 2
+    assert "unknown data.unknown_char: the checkpoint's data=text_lm has data.name, " in capfd.readouterr().err
 
 
 def test_onnx_export_matches_pytorch_at_any_batch_and_length(lm_run):
@@ -302,7 +321,8 @@ def test_continued_training_on_new_text_keeps_the_vocabulary(lm_run, tmp_path, c
     assert run_in_process("train", *tiny(other, f"model.init_from={lm_run}"), f"hydra.run.dir={tmp_path / 'no'}") == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert err == [f"nettrain: {other}:301:1: character 'Z' (U+005A) is not in the model's vocabulary of 24 characters "
-                   f"('.abcdefghikl...'); a character vocabulary encodes only the characters it was built from"]
+                   f"('.abcdefghikl...'); a character vocabulary encodes only the characters it was built from: "
+                   f"data.unknown_chars=skip leaves out the 1 character(s) of the text it lacks (1 distinct)"]
     assert not (tmp_path / "no").exists()
     # a vocabulary of its own for the new text would give the weights' ids other meanings: refused
     fewer = tmp_path / "fewer.txt"
@@ -376,7 +396,8 @@ def test_update_refuses_text_its_vocabulary_cannot_read_and_writes_nothing(lm_ru
     assert run_in_process("update", str(lm_run), f"data.path={other}", f"output={tmp_path / 'no'}") == 2
     assert capfd.readouterr().err.strip().splitlines() == [
         f"nettrain: {other}:301:1: character 'Z' (U+005A) is not in the model's vocabulary of 24 characters "
-        f"('.abcdefghikl...'); a character vocabulary encodes only the characters it was built from"]
+        f"('.abcdefghikl...'); a character vocabulary encodes only the characters it was built from: "
+        f"data.unknown_chars=skip leaves out the 1 character(s) of the text it lacks (1 distinct)"]
     assert run_in_process("update", str(lm_run), f"output={tmp_path / 'no'}") == 2
     assert "no new examples to learn from" in capfd.readouterr().err
     assert run_in_process("update", str(lm_run), f"data.path={write_text(tmp_path / 'ok.txt')}", "data.block_size=8",

@@ -227,6 +227,7 @@ DATA.register("text_lm", "nettrain.data.text_lm:build", inputs=("text_lm",), rul
     ("path", optional(name), "must be the path of a text file or a folder of .txt files"),
     ("test_path", optional(name), "must be null or the path of a text file or a folder of .txt files"),
     ("tokenizer", one_of("char", "bpe"), "allowed: char, bpe"),
+    ("unknown_chars", one_of("refuse", "skip"), "allowed: refuse, skip"),
     ("vocabulary_from", lambda v: v is None or (name(v) and os.path.exists(absolute(v))),
      "must be null or a language model's nettrain checkpoint or run dir (no such file or directory)"),
     ("vocab_size", integer(at_least=257), "must be an integer >= 257 (the 256 bytes and at least one merge)"),

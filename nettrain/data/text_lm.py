@@ -27,6 +27,7 @@ import logging
 import re
 import unicodedata
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,10 +282,32 @@ def build_vocabulary(cfg: DictConfig, text: str, ctx: DataContext) -> tuple[Voca
 
 # --- the builder ----------------------------------------------------------------------------------------
 
-def token_ids(vocab: Vocabulary, text: Text) -> torch.Tensor:
-    """The text's ids, in the narrowest type that holds them (a long text's ids are most of its memory)."""
+def token_ids(vocab: Vocabulary, text: Text, unknown_chars: str = "refuse") -> torch.Tensor:
+    """The text's ids, in the narrowest type that holds them (a long text's ids are most of its memory). Characters
+    a character vocabulary lacks are refused, the first named, or with `unknown_chars="skip"` left out, counted."""
     dtype = np.int16 if vocab.size <= np.iinfo(np.int16).max else np.int32
-    return torch.from_numpy(vocab.encode(text.content, text.where, dtype))
+    content = text.content
+    if isinstance(vocab, CharVocabulary):
+        if set(content) - set(vocab.chars):
+            counts = Counter(content)
+            content = _without(vocab, text, Counter({c: n for c, n in counts.items() if c not in vocab.chars}),
+                               unknown_chars)
+    return torch.from_numpy(vocab.encode(content, text.where, dtype))
+
+
+def _without(vocab: CharVocabulary, text: Text, lacking: Counter[str], unknown_chars: str) -> str:
+    total = sum(lacking.values())
+    if unknown_chars == "skip":
+        shown = ", ".join(f"{describe_char(c)} x{n:,}" for c, n in lacking.most_common(SHOWN // 2))
+        log.warning("%s: %s character(s) (%.2f%%, %d distinct) the vocabulary lacks are left out (data.unknown_chars="
+                    "skip): %s%s", text.given, f"{total:,}", 100 * total / len(text.content), len(lacking), shown,
+                    ", ..." if len(lacking) > SHOWN // 2 else "")
+        return text.content.translate(dict.fromkeys(map(ord, lacking)))
+    first = re.search(f"[{''.join(map(re.escape, lacking))}]", text.content).start()
+    raise UserError(f"{text.where(first)}: character {describe_char(text.content[first])} is not in the model's "
+                    f"vocabulary of {vocab.size} characters ({vocab.sample()}); a character vocabulary encodes only the "
+                    f"characters it was built from: data.unknown_chars=skip leaves out the {total:,} character(s) of "
+                    f"the text it lacks ({len(lacking)} distinct)")
 
 
 def _enough(ids: torch.Tensor, block_size: int, what: str, given: str) -> None:
@@ -299,7 +322,8 @@ def build(cfg: DictConfig, ctx: DataContext) -> Data:
         raise UserError("data=text_lm needs data.path=FILE (a UTF-8 text file) or a folder of .txt files")
     text = read_text(str(cfg.path), "data.path")
     vocab, origin = build_vocabulary(cfg, text.content, ctx)
-    ids = token_ids(vocab, text)
+    unknown_chars = cfg.get("unknown_chars", "refuse")
+    ids = token_ids(vocab, text, unknown_chars)
     block = cfg.block_size
     split = int(len(ids) * (1 - cfg.val_fraction))
     train_ids, val_ids = ids[:split], ids[split:]
@@ -316,7 +340,7 @@ def build(cfg: DictConfig, ctx: DataContext) -> Data:
     test = None
     if cfg.get("test_path"):
         test_text = read_text(str(cfg.test_path), "data.test_path")
-        test_ids = token_ids(vocab, test_text)
+        test_ids = token_ids(vocab, test_text, unknown_chars)
         _enough(test_ids, block, "text", test_text.given)
         test = loader(test_ids, False)
     spec = DataSpec(input_shape=[block], num_classes=vocab.size, class_names=[], task="lm",

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from nettrain.config.rules import validate
-from nettrain.config.suggest import did_you_mean
+from nettrain.config.suggest import configs_dir, did_you_mean
 from nettrain.config.user_code import confirm
 from nettrain.data.base import Data, DataContext
 from nettrain.data.build import build_data
@@ -52,11 +52,14 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: di
 
 
 def check_data_keys(data: DictConfig, keys: Iterable[str]) -> None:
-    """data.KEY=VALUE given to a command that rebuilds a run's data: each KEY must be one of its data config's."""
+    """data.KEY=VALUE given to a command that rebuilds a run's data: each KEY must be one of its data config's, or
+    of its data source's config as this version has it (a key added since the run was trained)."""
+    current = configs_dir() / "data" / f"{data.get('name')}.yaml"
+    known = [*data, *(k for k in (OmegaConf.load(current) if current.is_file() else {}) if k not in data)]
     for key in keys:
-        if key not in data:
+        if key not in known:
             raise UserError(f"unknown data.{key}: the checkpoint's data={data.get('name') or data.get('_target_')} has "
-                            f"{', '.join('data.' + k for k in data)}{did_you_mean(key, list(data))}")
+                            f"{', '.join('data.' + k for k in known)}{did_you_mean(key, known)}")
 
 
 def rebuild_data(loaded: Loaded, data_overrides: dict[str, Any] | None = None) -> Data:
