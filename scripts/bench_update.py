@@ -17,7 +17,7 @@ saw (TREC's trec_test.csv; MNIST's mnist_png/val, the runs' own val split being 
 accuracy on the old classes and on the new ones.
   Text (text/tinyshakespeare.txt, `+experiment=shakespeare_char_cpu` for --lm-steps steps): a character-level
         language model learns a new kind of text, --questions TREC training questions (their characters outside
-        Shakespeare's vocabulary left out); scored by the loss per character on the run's own validation text
+        Shakespeare's vocabulary left out: data.unknown_chars=skip); scored by the loss per character on the run's own validation text
         (the last 10 % of Shakespeare: old) and on trec_test.csv's questions (new, no run saw them).
 Seconds: the wall time of the command (a fresh process, as a
 user runs it; a trained run kept from an earlier bench's --out shows the seconds it recorded). Prints one
@@ -226,34 +226,19 @@ def wine(data: Path, out: Path) -> list[dict[str, Any]]:
     return results
 
 
-def questions(source: Path, target: Path, count: int | None, vocabulary: str) -> Path:
-    """The first `count` questions of a TREC csv as a text, a question a line, with the characters a vocabulary
-    lacks left out (a character vocabulary refuses them)."""
+def questions(source: Path, target: Path, count: int | None) -> Path:
+    """The first `count` questions of a TREC csv as a text, a question a line."""
     rows = list(csv.DictReader(open(source, newline="")))[:count]
-    kept = set(vocabulary)
-    target.write_text("".join("".join(c for c in r["text"] if c in kept) + "\n" for r in rows))
+    target.write_text("".join(r["text"] + "\n" for r in rows))
     return target
 
 
 def text_loss(run_dir: Path, path: Path) -> float:
-    """The run's loss per character on all of a text (consecutive blocks, as validation reads one)."""
-    import torch
-    import torch.nn.functional as F
-
-    from nettrain.data.text_lm import vocabulary_of
-    from nettrain.inference.load import load_model
-
-    loaded = load_model(run_dir, "cpu")
-    block = loaded.spec.input_shape[0]
-    ids = torch.from_numpy(vocabulary_of(loaded.spec.preprocessing).encode(path.read_text()))
-    n = (len(ids) - 1) // block
-    x, y = ids[:n * block].view(n, block), ids[1:n * block + 1].view(n, block)
-    total = 0.0
-    with torch.inference_mode():
-        for start in range(0, n, 256):
-            logits = loaded.model(x[start:start + 256])
-            total += F.cross_entropy(logits.flatten(0, 1), y[start:start + 256].flatten(), reduction="sum").item()
-    return total / (n * block)
+    """The run's loss per character on all of a text (`nettrain eval split=test`: consecutive blocks, as validation
+    reads one), the characters its vocabulary lacks left out."""
+    out = run_dir / "eval" / path.stem
+    nettrain("eval", str(run_dir), "split=test", f"data.test_path={path}", "data.unknown_chars=skip", f"output={out}")
+    return float(json.loads((out / "metrics.json").read_text())["loss"])
 
 
 def text(data: Path, out: Path, steps: int, count: int) -> list[dict[str, Any]]:
@@ -262,9 +247,8 @@ def text(data: Path, out: Path, steps: int, count: int) -> list[dict[str, Any]]:
     content = shakespeare.read_text()
     old_val = out / "shakespeare_val.txt"
     old_val.write_text(content[int(len(content) * 0.9):])  # the run's own validation text: its last 10 %
-    vocabulary = "".join(sorted(set(content)))
-    new = questions(data / "text" / "trec_train.csv", out / "questions.txt", count, vocabulary)
-    test = questions(data / "text" / "trec_test.csv", out / "questions_test.txt", None, vocabulary)
+    new = questions(data / "text" / "trec_train.csv", out / "questions.txt", count)
+    test = questions(data / "text" / "trec_test.csv", out / "questions_test.txt", None)
 
     def scored(name: str, seconds: float, **more: Any) -> dict[str, Any]:
         return {"model": name, "old": text_loss(out / name, old_val), "new": text_loss(out / name, test),
@@ -277,7 +261,7 @@ def text(data: Path, out: Path, steps: int, count: int) -> list[dict[str, Any]]:
                         ("update (replay 2, distill 0.5)", ["update.replay=2", "update.distill=0.5"]),
                         ("update (1 epoch, distill 0.5)", ["trainer.max_epochs=1", "update.distill=0.5"]),
                         ("continued training (replay 0)", ["update.replay=0", "update.distill=0"])):
-        seconds = updated(out / name, str(out / before), f"data.path={new}", *extra)
+        seconds = updated(out / name, str(out / before), f"data.path={new}", "data.unknown_chars=skip", *extra)
         results.append(scored(name, seconds, **gate_of(out / name)))
     return results
 
