@@ -141,7 +141,7 @@ def _image_folder(root, splits, classes=("cat", "dog"), per_class=6):
     return root
 
 
-def test_eval_on_an_image_folder_test_split_and_on_other_files_via_data_root(tmp_path, capsys):
+def test_eval_on_an_image_folder_test_split_and_on_other_files_via_data_root(tmp_path, capsys, monkeypatch):
     photos = _image_folder(tmp_path / "photos", ("train", "val", "test"))
     run_dir = train(tmp_path, "data=imagefolder", f"data.root={photos}", "data.image_size=16", "data.num_workers=0",
                     "data.augment=none", "data.batch_size=4", "model=cnn", "model.channels=[8]", "trainer.max_epochs=2")
@@ -152,6 +152,15 @@ def test_eval_on_an_image_folder_test_split_and_on_other_files_via_data_root(tmp
     more = _image_folder(tmp_path / "more", ("train", "val"), per_class=3)
     assert run_in_process("eval", f"ckpt={run_dir}", f"data.root={more}", f"output={tmp_path / 'more-eval'}") == 0
     assert json.loads((tmp_path / "more-eval" / "metrics.json").read_text())["samples"] == 6
+    # By default a report on other data goes beside the run's own, named by it, and says what it measured.
+    assert run_in_process("eval", f"ckpt={run_dir}", "split=test", f"data.root={tmp_path / 'photos'}") == 0  # its own
+    monkeypatch.chdir(tmp_path)
+    assert run_in_process("eval", f"ckpt={run_dir}", "data.root=more", "data.batch_size=2") == 0  # relative: from cwd
+    (beside,) = [p.name for p in (run_dir / "eval").iterdir() if p.name.startswith("val-")]
+    assert beside.startswith("val-more_2-") and sorted(p.name for p in (run_dir / "eval").iterdir()) == ["test", beside]
+    report = json.loads((run_dir / "eval" / beside / "metrics.json").read_text())
+    assert report["samples"] == 6 and report["data"] == {"root": str(more), "batch_size": 2}
+    assert "data" not in json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
 
     other = _image_folder(tmp_path / "other", ("train", "val"), classes=("bird", "fish"), per_class=2)
     capsys.readouterr()

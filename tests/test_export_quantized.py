@@ -295,6 +295,7 @@ def test_data_moved_away_calibration_refused_then_found_with_data_root_and_eval_
     capsys.readouterr()
     assert run_in_process("eval", str(run / "export" / "best.int8.onnx"), f"data.root={moved}", "--json") == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 18
-    # The file's figures beside the checkpoint's, never over them.
-    assert json.loads((run / "eval" / "val" / "metrics.json").read_text())["checkpoint"].endswith("best.pt")
-    assert (run / "eval" / "best.int8.onnx" / "val" / "metrics.json").is_file()
+    # The file's figures beside the checkpoint's, never over them (each named by the data it measured).
+    (own,) = [p for p in (run / "eval").iterdir() if p.name.startswith("val-")]
+    assert json.loads((own / "metrics.json").read_text())["checkpoint"].endswith("best.pt")
+    assert (run / "eval" / "best.int8.onnx" / own.name / "metrics.json").is_file()

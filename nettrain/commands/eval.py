@@ -7,8 +7,10 @@ accuracy exactly as validation did, and scikit-learn the per-class metrics and c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,9 +52,10 @@ named by a checkpoint is never imported on its own.
 
 Writes metrics.json, confusion_matrix.png and a TensorBoard image to output
 (default: RUN_DIR/eval/SPLIT; an exported file's: RUN_DIR/eval/FILE/SPLIT, its
-own). --json prints the metrics as JSON instead of the
-tables. The checkpoint may come first without `ckpt=` (a sweep job's dir, whose
-name holds `=`, too).
+own; on other data, SPLIT-NAME, named by the data.KEY=VALUE given, never over
+the report of the run's own data). --json prints the metrics as JSON instead of
+the tables. The checkpoint may come first without `ckpt=` (a sweep job's dir,
+whose name holds `=`, too).
 
 examples:
   nettrain eval outputs/2025-01-31/12-00-00/checkpoints/best.pt
@@ -103,11 +106,21 @@ def print_report(result: Evaluation) -> None:
         out.print(confusions)
 
 
-def default_output(model_file: Path, run_dir: Path, split: str) -> Path:
-    """RUN_DIR/eval/SPLIT for a checkpoint; an exported file's figures beside them, never over them."""
+def default_output(model_file: Path, run_dir: Path, split: str, other_data: dict[str, Any] | None = None) -> Path:
+    """RUN_DIR/eval/SPLIT for a checkpoint; an exported file's figures beside them, never over them; on other data
+    (data.KEY=VALUE that differ from the run's) SPLIT-NAME, named by them, never over the run's own report."""
     from nettrain.inference.exported import is_exported  # numpy and torch: once the arguments are parsed
 
-    return run_dir / "eval" / model_file.name / split if is_exported(model_file) else run_dir / "eval" / split
+    name = f"{split}-{data_name(other_data)}" if other_data else split
+    return run_dir / "eval" / model_file.name / name if is_exported(model_file) else run_dir / "eval" / name
+
+
+def data_name(changes: dict[str, Any]) -> str:
+    """A folder name for data.KEY=VALUE changes: their values' last path parts (`photos-2025`), then a hash of them
+    all, so two folders of the same name elsewhere get two reports."""
+    shown = "_".join(Path(str(v)).name or str(v) for v in changes.values())
+    digest = hashlib.sha256(json.dumps(changes, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    return f"{re.sub(r'[^A-Za-z0-9._=-]+', '_', shown)[:48]}-{digest}"
 
 
 def _eval(argv: list[str]) -> int:
@@ -120,7 +133,8 @@ def _eval(argv: list[str]) -> int:
 
     result = evaluate_checkpoint(args["ckpt"], split, args.get("data"), args["device"],
                                  {"model": args.get("model"), "loss": args.get("loss")})
-    output = Path(absolute(args["output"])) if args["output"] else default_output(Path(absolute(args["ckpt"])), result.run_dir, split)
+    output = Path(absolute(args["output"])) if args["output"] else \
+        default_output(Path(absolute(args["ckpt"])), result.run_dir, split, result.other_data)
     if args["json"] is True:
         print(json.dumps(result.metrics, indent=2))
     else:

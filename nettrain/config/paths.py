@@ -41,3 +41,6 @@ def absolute_paths(cfg: DictConfig, names_or_paths: Iterable[str]) -> None:
             OmegaConf.update(cfg, key, absolute(value))
 
 
+def recorded_data(overrides: dict[str, object]) -> dict[str, object]:
+    """data.KEY=VALUE given to a command, with their paths absolute, as a run records them."""
+    return {k: absolute(v) if f"data.{k}" in RECORDED_PATHS and isinstance(v, str) else v for k, v in overrides.items()}

@@ -7,13 +7,14 @@ confusion matrix, and a binary classifier decides as it did at the checkpoint's 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from nettrain.config.paths import recorded_data
 from nettrain.config.rules import validate
 from nettrain.config.suggest import configs_dir, did_you_mean
 from nettrain.config.user_code import confirm
@@ -38,6 +39,7 @@ class Evaluation:
     targets: Tensor | None
     spec: DataSpec
     run_dir: Path
+    other_data: dict[str, Any] = field(default_factory=dict)  # the data.KEY=VALUE that differ from the run's own
 
 
 def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: dict[str, Any] | None = None,
@@ -45,10 +47,16 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "val", data_overrides: di
     """Metrics of the checkpoint's model (or an exported .onnx file's) on `split` of its data (changed by
     `data_overrides`). `confirmed`: the `model`, `loss` (and `data`, from `data_overrides`) `_target_`s the user names."""
     one_of("split", split, ("val", "test"))
-    confirmed = {**(confirmed or {}), "data": data_overrides or {}}
+    data_overrides = recorded_data(data_overrides or {})
+    confirmed = {**(confirmed or {}), "data": data_overrides}
     loaded = load_model(ckpt, device, confirmed)
     confirm(OmegaConf.to_container(loaded.config), confirmed, ("data", "loss"), str(loaded.path), CONFIRM_HOW)
-    return evaluate_loaded(loaded, rebuild_data(loaded, data_overrides), split)
+    evaluation = evaluate_loaded(loaded, rebuild_data(loaded, data_overrides), split)
+    own = OmegaConf.to_container(loaded.config.data)
+    evaluation.other_data = {k: v for k, v in data_overrides.items() if own.get(k) != v}
+    if evaluation.other_data:  # a report says what it measured when it is not the run's own data
+        evaluation.metrics["data"] = evaluation.other_data
+    return evaluation
 
 
 def check_data_keys(data: DictConfig, keys: Iterable[str]) -> None:
