@@ -46,7 +46,7 @@ def run(overrides: str, train: str, test: str, text: str, target: str, run_dir: 
              f"hydra.run.dir={run_dir}")
     wall = time.perf_counter() - started
     record = json.loads((run_dir / "metrics.json").read_text())
-    nettrain("eval", f"ckpt={run_dir}", "split=test", f"data.test_path={test}")
+    nettrain("eval", f"ckpt={run_dir}", "split=test", f"data.test_path={test}", f"output={run_dir / 'eval' / 'test'}")
     report = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
     return {"run": overrides, "test_accuracy": report["accuracy"], "val_accuracy": record["best"]["val_accuracy"],
             "epochs": record["epochs"], "train_seconds": sum(r["seconds"] for r in record["history"]), "wall_seconds": wall}

@@ -125,8 +125,9 @@ def text_recipe(spec: str, out: Path, extra: list[str]) -> dict[str, Any]:
     train_file, test_file, target = spec.split(":")
     result = train("text_intents", out, extra, "+experiment=text_intents", f"data.path={train_file}",
                    f"data.target={target}")
-    nettrain("eval", f"ckpt={result['run_dir']}", "split=test", f"data.test_path={test_file}")
-    test = json.loads((Path(result["run_dir"]) / "eval" / "test" / "metrics.json").read_text())
+    report = Path(result["run_dir"]) / "eval" / "test"
+    nettrain("eval", f"ckpt={result['run_dir']}", "split=test", f"data.test_path={test_file}", f"output={report}")
+    test = json.loads((report / "metrics.json").read_text())
     return result | {"data": train_file, "test_accuracy": round(test["accuracy"], 4),
                      "reference": {"model": "TF-IDF+LinearSVC (scripts/bench_text.py)", "test_accuracy": 0.882}}
 
