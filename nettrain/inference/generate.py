@@ -54,7 +54,8 @@ def next_tokens(model: nn.Module, ids: Tensor, *, block_size: int, max_new_token
         with autocast():
             logits = model(ids[:, -block_size:])[:, -1, :]
         token = choose(logits.float(), temperature, top_k, generator)
-        ids = torch.cat((ids, token.unsqueeze(1)), 1)
+        # The context only: the text's earlier tokens are yielded already, and a long text stays cheap to extend.
+        ids = torch.cat((ids[:, max(ids.shape[1] - block_size + 1, 0):], token.unsqueeze(1)), 1)
         yield token
 
 
