@@ -286,7 +286,8 @@ def test_a_data_key_added_since_a_run_was_trained_can_be_given_to_its_eval(lm_ru
     assert run_in_process("eval", str(tmp_path / "older.pt"), f"data.path={other}", "data.unknown_chars=skip",
                           f"output={tmp_path / 'eval'}") == 0
     assert run_in_process("eval", str(tmp_path / "older.pt"), "data.unknown_char=skip") == 2
-    assert "unknown data.unknown_char: the checkpoint's data=text_lm has data.name, " in capfd.readouterr().err
+    assert "unknown data.unknown_char; did you mean data.unknown_chars? the checkpoint's data=text_lm has data.name, " \
+        in capfd.readouterr().err
 
 
 def test_onnx_export_matches_pytorch_at_any_batch_and_length(lm_run):

@@ -66,8 +66,9 @@ def check_data_keys(data: DictConfig, keys: Iterable[str]) -> None:
     known = [*data, *(k for k in (OmegaConf.load(current) if current.is_file() else {}) if k not in data)]
     for key in keys:
         if key not in known:
-            raise UserError(f"unknown data.{key}: the checkpoint's data={data.get('name') or data.get('_target_')} has "
-                            f"{', '.join('data.' + k for k in known)}{did_you_mean(key, known)}")
+            guess = did_you_mean(f"data.{key}", [f"data.{k}" for k in known])
+            raise UserError(f"unknown data.{key}{';' + guess if guess else ':'} the checkpoint's "
+                            f"data={data.get('name') or data.get('_target_')} has {', '.join('data.' + k for k in known)}")
 
 
 def rebuild_data(loaded: Loaded, data_overrides: dict[str, Any] | None = None) -> Data:

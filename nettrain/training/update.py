@@ -428,8 +428,9 @@ def new_config(saved: DictConfig, checkpoint: str, parent: Path, settings: DictC
         if group not in TRAINING_GROUPS or OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
             known = [f"{g}.{k}" for g in TRAINING_GROUPS for k in (cfg.get(g) or {})]
             groups = ", ".join(f"{g}.KEY" for g in TRAINING_GROUPS)
+            guess = did_you_mean(key, known)
             raise UserError(f"unknown argument {key}=...: an update changes only how it trains ({groups}: keys RUN's "
-                            f"config has){did_you_mean(key, known)}")
+                            f"config has){';' + guess if guess else ''}")
         OmegaConf.update(cfg, key, value, merge=False)
     if cfg.trainer.devices != 1:
         raise UserError(f"invalid trainer.devices={cfg.trainer.devices}: an update trains in one process (its data is "
