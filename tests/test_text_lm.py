@@ -277,6 +277,18 @@ def test_eval_on_text_the_vocabulary_cannot_read_names_the_character(lm_run, tmp
            "'O' (U+004F) x2, 'M' (U+004D) x1, 'N' (U+004E) x1" in err
 
 
+def test_a_text_too_short_for_the_models_blocks_says_how_to_measure_it(lm_run, tmp_path, capfd):
+    short = tmp_path / "short.txt"
+    short.write_text("the cat sees the moon.\n" * 4)  # 92 characters: its last 10 % is under a block of 16 + 1
+    assert run_in_process("eval", str(lm_run), f"data.path={short}") == 2
+    assert capfd.readouterr().err.strip().splitlines() == [
+        f"nettrain: {short}: its last 10% (validation) holds 10 tokens, fewer than the data.block_size + 1 = 17 that "
+        f"one block and its next token need; give more text (the model reads blocks of its own size), or measure all "
+        f"of a short text with nettrain eval RUN split=test data.test_path=FILE"]
+    assert run_in_process("eval", str(lm_run), "split=test", f"data.test_path={short}", "--json") == 0
+    assert json.loads(capfd.readouterr().out)["tokens"] == 80
+
+
 def test_a_data_key_added_since_a_run_was_trained_can_be_given_to_its_eval(lm_run, tmp_path, capfd):
     ckpt = torch.load(lm_run / "checkpoints" / "best.pt", weights_only=True)
     del ckpt["config"]["data"]["unknown_chars"]  # as a run trained before the key existed

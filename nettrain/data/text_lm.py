@@ -310,11 +310,10 @@ def _without(vocab: CharVocabulary, text: Text, lacking: Counter[str], unknown_c
                     f"the text it lacks ({len(lacking)} distinct)")
 
 
-def _enough(ids: torch.Tensor, block_size: int, what: str, given: str) -> None:
+def _enough(ids: torch.Tensor, block_size: int, what: str, given: str, fix: str) -> None:
     if len(ids) < block_size + 1:
         raise UserError(f"{given}: its {what} holds {len(ids):,} tokens, fewer than the data.block_size + 1 = "
-                        f"{block_size + 1} that one block and its next token need; give more text or a smaller "
-                        f"data.block_size")
+                        f"{block_size + 1} that one block and its next token need; {fix}")
 
 
 def build(cfg: DictConfig, ctx: DataContext) -> Data:
@@ -327,8 +326,12 @@ def build(cfg: DictConfig, ctx: DataContext) -> Data:
     block = cfg.block_size
     split = int(len(ids) * (1 - cfg.val_fraction))
     train_ids, val_ids = ids[:split], ids[split:]
-    _enough(train_ids, block, f"first {1 - cfg.val_fraction:.0%} (training)", text.given)
-    _enough(val_ids, block, f"last {cfg.val_fraction:.0%} (validation)", text.given)
+    # A trained model's text (eval, update) is read in blocks of the model's own size.
+    own = "give more text (the model reads blocks of its own size)"
+    fix = f"{own}, or measure all of a short text with nettrain eval RUN split=test data.test_path=FILE" \
+        if ctx.model_preprocessing is not None else "give more text or a smaller data.block_size"
+    _enough(train_ids, block, f"first {1 - cfg.val_fraction:.0%} (training)", text.given, fix)
+    _enough(val_ids, block, f"last {cfg.val_fraction:.0%} (validation)", text.given, fix)
     eval_batch = ctx.eval_batch_size or cfg.batch_size
     per_epoch = cfg.get("batches_per_epoch") or max(len(train_ids) // (block * cfg.batch_size * ctx.world_size), 1)
 
@@ -341,7 +344,7 @@ def build(cfg: DictConfig, ctx: DataContext) -> Data:
     if cfg.get("test_path"):
         test_text = read_text(str(cfg.test_path), "data.test_path")
         test_ids = token_ids(vocab, test_text, unknown_chars)
-        _enough(test_ids, block, "text", test_text.given)
+        _enough(test_ids, block, "text", test_text.given, own if ctx.model_preprocessing is not None else fix)
         test = loader(test_ids, False)
     spec = DataSpec(input_shape=[block], num_classes=vocab.size, class_names=[], task="lm",
                     preprocessing=vocab.preprocessing())
