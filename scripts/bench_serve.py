@@ -4,6 +4,7 @@ predictor called in-process (no HTTP, no batching across requests).
     .venv/bin/python scripts/bench_serve.py --data DATA        # digits MLP, cats/dogs CNN (DATA/cats_dogs), TREC text (DATA/text)
     .venv/bin/python scripts/bench_serve.py                              # no data at hand: generated photos, texts
     .venv/bin/python scripts/bench_serve.py --models digits --clients 1,8 --requests 100 --json
+    .venv/bin/python scripts/bench_serve.py --data DATA --models lm --clients 1,4      # POST /generate, tokens/s
 
 Each model is trained small in a fresh process (`nettrain train`, a few epochs: its speed, not its accuracy,
 is measured): the digits MLP (`nettrain train`, 8x8 images), the cats/dogs CNN (`+experiment=cats_dogs`, 64 px,
@@ -14,6 +15,11 @@ a text) from N concurrent clients: requests/s over the whole level, p50/p99 late
 model saw (from GET /health). In-process: the same predictor (the server's input decoding and
 `inference.predict.predict_batch`, on as many CPU threads as the server takes, in a process of its own and a
 thread as the server runs it), one input at a time, then batches of --batch (at least 10 of them).
+
+The language model (`lm`: the CPU recipe's GPT, 100 steps on --data's tiny shakespeare or on generated text)
+writes --texts texts of --tokens tokens per level: in-process (`stream`, one after the other), then POST
+/generate whole (the server writes them one at a time) and streamed (side by side): tokens/s over the level, and
+the p50/p99 seconds of a text.
 
 Client and server share the machine's cores: on a 2-core machine the client's own work is a real part of each
 request's cost, so requests/s there are a floor. Runs land in a temp dir unless --out is given (an existing
@@ -37,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,7 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 import datagen  # noqa: E402  (the tests' data generators: image folders)
 
-MODELS = ("digits", "cats_dogs", "text")
+MODELS = ("digits", "cats_dogs", "text", "lm")
 
 
 def nettrain(*args: str, cwd: Path) -> None:
@@ -166,9 +173,30 @@ def start_server(run: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"nettrain serve {run} exited {proc.wait()} before serving")
 
 
-async def load(url: str, inputs: list[Any], clients: int, requests: int) -> dict[str, Any]:
-    """`requests` requests of one input from `clients` concurrent clients, each an httpx.AsyncClient of its own
-    (one pool shared by 64 clients costs httpx more than the server spends), connected before the clock starts."""
+def predicting(inputs: list[Any]) -> Callable[[Any, int], Awaitable[None]]:
+    """Request i: POST /predict of one input."""
+    async def send(http: Any, i: int) -> None:
+        answer = await http.post("/predict", json={"inputs": [inputs[i % len(inputs)]]})
+        if answer.status_code != 200:
+            raise SystemExit(f"POST /predict answered {answer.status_code}: {answer.text}")
+    return send
+
+
+def writing(prompts: list[str], tokens: int, stream: bool) -> Callable[[Any, int], Awaitable[None]]:
+    """Request i: POST /generate of `tokens` tokens after a prompt, whole or streamed (read to its end)."""
+    async def send(http: Any, i: int) -> None:
+        body = {"prompt": prompts[i % len(prompts)], "max_new_tokens": tokens, "seed": i, "stream": stream}
+        async with http.stream("POST", "/generate", json=body) as answer:
+            if answer.status_code != 200:
+                raise SystemExit(f"POST /generate answered {answer.status_code}: {(await answer.aread()).decode()}")
+            async for _ in answer.aiter_bytes():
+                pass
+    return send
+
+
+async def load(url: str, send: Callable[[Any, int], Awaitable[None]], clients: int, requests: int) -> dict[str, Any]:
+    """`requests` requests (`send` makes each) from `clients` concurrent clients, each an httpx.AsyncClient of its
+    own (one pool shared by 64 clients costs httpx more than the server spends), connected before the clock starts."""
     import httpx
 
     latencies: list[float] = []
@@ -184,10 +212,8 @@ async def load(url: str, inputs: list[Any], clients: int, requests: int) -> dict
             await go.wait()
             for i in counter:
                 t = time.perf_counter()
-                answer = await http.post("/predict", json={"inputs": [inputs[i % len(inputs)]]})
+                await send(http, i)
                 latencies.append(time.perf_counter() - t)
-                if answer.status_code != 200:
-                    raise SystemExit(f"POST /predict answered {answer.status_code}: {answer.text}")
 
     async with httpx.AsyncClient(base_url=url, timeout=120) as http:
         before = (await http.get("/health")).json()["batches"]
@@ -208,11 +234,66 @@ async def load(url: str, inputs: list[Any], clients: int, requests: int) -> dict
 def over_http(run: Path, inputs: list[Any], levels: list[int], requests: int, extra: list[str]) -> list[dict[str, Any]]:
     proc, url = start_server(run, extra)
     try:
-        asyncio.run(load(url, inputs, 4, min(40, requests)))  # warm-up: the first calls
-        return [asyncio.run(load(url, inputs, clients, max(requests, 4 * clients))) for clients in levels]
+        asyncio.run(load(url, predicting(inputs), 4, min(40, requests)))  # warm-up: the first calls
+        return [asyncio.run(load(url, predicting(inputs), clients, max(requests, 4 * clients))) for clients in levels]
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def lm_in_process(run: Path, prompts: list[str], requests: int, tokens: int) -> list[dict[str, Any]]:
+    """The server's writer without HTTP: `requests` texts one after the other, on the threads the server takes."""
+    import torch
+
+    from nettrain.inference.generate import load_language_model, threads_for
+
+    lm = load_language_model(run, "cpu")
+    torch.set_num_threads(threads_for(lm)[0])
+    list(lm.stream(prompts[0], max_new_tokens=tokens))  # warm-up
+    latencies = []
+    for i in range(requests):
+        t = time.perf_counter()
+        for _ in lm.stream(prompts[i % len(prompts)], max_new_tokens=tokens, seed=i):
+            pass
+        latencies.append(time.perf_counter() - t)
+    return [{"mode": "in-process", "clients": 1, "requests": requests, "tokens_per_s": requests * tokens / sum(latencies),
+             "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * percentile(latencies, 0.99)}]
+
+
+def lm_over_http(run: Path, prompts: list[str], levels: list[int], requests: int, tokens: int) -> list[dict[str, Any]]:
+    """POST /generate, whole texts (written one at a time) and streamed ones (side by side), at each level."""
+    proc, url = start_server(run, [])
+    try:
+        asyncio.run(load(url, writing(prompts, tokens, False), 1, 2))  # warm-up
+        rows = []
+        for stream in (False, True):
+            for clients in levels:
+                row = asyncio.run(load(url, writing(prompts, tokens, stream), clients, max(requests, clients)))
+                rows.append({**row, "mode": "HTTP, streamed" if stream else "HTTP, whole",
+                             "tokens_per_s": row.pop("inputs_per_s") * tokens})
+        return rows
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def lm_case(out: Path, data: Path | None) -> tuple[Path, list[str], str]:
+    """The CPU recipe's GPT (0.8M parameters, 64 characters of context), 100 steps on tiny shakespeare (--data) or
+    on generated sentences, and prompts to continue."""
+    text = data / "text" / "tinyshakespeare.txt" if data else datagen.sentences(out / "sentences.txt", lines=3000)
+    run = out / "lm"
+    if not (run / "checkpoints" / "best.pt").exists():
+        nettrain("train", f"hydra.run.dir={run}", "+experiment=shakespeare_char_cpu", f"data.path={text}",
+                 "trainer.max_steps=100", "data.batches_per_epoch=100", cwd=out)
+    prompts = ["ROMEO:", "JULIET:", "First Citizen:"] if data else ["the cat", "a dog", "the moon"]
+    return run, prompts, "GPT 0.8M (shakespeare_char_cpu), " + ("tiny shakespeare" if data else "generated text")
+
+
+def lm_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| model | mode | clients | texts | tokens/s | p50 s | p99 s |", "|---|---|--:|--:|--:|--:|--:|"]
+    lines += [f"| {r['model']} | {r['mode']} | {r['clients']} | {r['requests']} | {r['tokens_per_s']:.0f} | "
+              f"{r['p50_ms'] / 1000:.2f} | {r['p99_ms'] / 1000:.2f} |" for r in rows]
+    return "\n".join(lines)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -230,6 +311,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="requests per level (at least 4 per client)")
     parser.add_argument("--batch", type=int, default=64, help="the in-process batch (the server's max_batch)")
     parser.add_argument("--serve", nargs="*", default=[], help="more nettrain serve arguments, e.g. batch_wait_ms=2")
+    parser.add_argument("--tokens", type=int, default=500, help="tokens of each text the language model writes")
+    parser.add_argument("--texts", type=int, default=8, help="texts per level for the language model")
     parser.add_argument("--out", type=Path, help="where the runs go (default: a temp dir)")
     parser.add_argument("--json", action="store_true", help="rows as JSON instead of a table")
     args = parser.parse_args()
@@ -238,8 +321,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = (args.out or Path(tmp)).resolve()
         out.mkdir(parents=True, exist_ok=True)
-        rows = []
+        rows, lm_rows = [], []
         for name in args.models.split(","):
+            if name == "lm":
+                run, prompts, what = lm_case(out, args.data.resolve() if args.data else None)
+                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+                    local = fresh.submit(lm_in_process, run, prompts, args.texts, args.tokens).result()
+                lm_rows += [{"model": what, **row} for row in local + lm_over_http(run, prompts, levels, args.texts,
+                                                                                 args.tokens)]
+                continue
             run, inputs, what = cases[name](out, args.data.resolve() if args.data else None)
             # In a fresh process, as the server has one: PyTorch's OpenMP threads, once set to 1 (the MLP) and then
             # to 2 in one process, made the CNN's call 20x slower (191 ms against 9.5 ms).
@@ -248,7 +338,10 @@ def main() -> None:
             for row in local + over_http(run, inputs, levels, args.requests, [f"max_batch={args.batch}", *args.serve]):
                 rows.append({"model": f"{name} ({what})", **row})
                 print(f"{name}: {row['mode']}, {row['clients']} client(s): {row['inputs_per_s']:.0f}/s", file=sys.stderr)
-    print(json.dumps(rows, indent=2) if args.json else table(rows))
+    if args.json:
+        print(json.dumps(rows + lm_rows, indent=2))
+    else:
+        print("\n\n".join(([table(rows)] if rows else []) + ([lm_table(lm_rows)] if lm_rows else [])))
     print(f"\n{os.cpu_count()} CPU cores; client and server on the same machine", file=sys.stderr)
 
 

@@ -484,10 +484,15 @@ def test_a_port_in_use_is_said_before_the_model_loads(tmp_path, capsys):
 def test_the_serving_benchmark_runs_as_its_docstring_shows(image_run, tmp_path):
     shutil.copytree(image_run, tmp_path / "digits")  # a run it finds in --out is reused, not trained again
     script = Path(__file__).parents[1] / "scripts" / "bench_serve.py"
-    proc = subprocess.run([sys.executable, script, "--models", "digits", "--clients", "1,2", "--requests", "8", "--json",
-                           "--out", tmp_path], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, script, "--models", "digits,lm", "--clients", "1,2", "--requests", "8",
+                           "--texts", "2", "--tokens", "20", "--json", "--out", tmp_path],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(proc.stdout)
-    assert [(r["mode"], r["clients"]) for r in rows] == [("in-process, batch 1", 1), ("in-process, batch 64", 1),
-                                                         ("HTTP", 1), ("HTTP", 2)]
-    assert all(r["inputs_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
+    digits, lm = rows[:4], rows[4:]
+    assert [(r["mode"], r["clients"]) for r in digits] == [("in-process, batch 1", 1), ("in-process, batch 64", 1),
+                                                           ("HTTP", 1), ("HTTP", 2)]
+    assert all(r["inputs_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in digits)
+    assert [(r["mode"], r["clients"]) for r in lm] == [("in-process", 1), ("HTTP, whole", 1), ("HTTP, whole", 2),
+                                                       ("HTTP, streamed", 1), ("HTTP, streamed", 2)]
+    assert all(r["tokens_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in lm)
