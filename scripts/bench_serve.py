@@ -306,7 +306,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, help="the shared data folder (cats_dogs/, text/); else generated data")
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--models", default="digits,cats_dogs,text", help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--clients", default="1,8,64", help="concurrent clients, comma-separated")
     parser.add_argument("--requests", type=int, default=400, help="requests per level (at least 4 per client)")
     parser.add_argument("--batch", type=int, default=64, help="the in-process batch (the server's max_batch)")
