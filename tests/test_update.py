@@ -246,11 +246,12 @@ def test_bad_inputs_are_one_line_and_exit_2(run, tmp_path, capsys):
         ([str(tmp_path / "empty")], "no checkpoint in"),
         ([str(run)], "no new examples to learn from"),
         ([str(run), f"data.path={tmp_path / 'no_y.csv'}"], "has no column 'y': the model was trained on the columns x, y"),
-        ([str(run), "data.paht=new.csv"], "unknown data.paht"),
+        ([str(run), "data.paht=new.csv"], "unknown data.paht; did you mean data.path? the checkpoint's data=csv has "),
         ([str(run), "update.replya=2"], "did you mean replay?"),
         ([str(run), "update.replay=-1"], "invalid update.replay=-1"),
         ([str(run), "update.distill=some"], "invalid update.distill='some': must be auto or a number >= 0"),
-        ([str(run), "trainer.max_epoch=3"], "did you mean trainer.max_epochs?"),
+        ([str(run), "trainer.max_epoch=3"], "(trainer.KEY, optimizer.KEY, scheduler.KEY, early_stopping.KEY, loss.KEY: "
+                                            "keys RUN's config has); did you mean trainer.max_epochs?"),
         ([str(run), "model.hidden=[8]"], "an update keeps RUN's model"),
     ]
     for args, message in cases:
