@@ -22,7 +22,7 @@ from rich.table import Table
 
 from nettrain.commands.report import show_list, show_summary
 from nettrain.data.base import DataContext
-from nettrain.data.text_lm import CharVocabulary, Text, build_vocabulary, describe_char, read_text, token_ids
+from nettrain.data.text_lm import CharVocabulary, Text, build_vocabulary, describe_char, read_text, token_ids, training_tokens
 from nettrain.inference.generate import decode
 
 LEAK_CHARS = 30   # a line this long (stripped) found in the training text is a copy, not a common phrase
@@ -35,7 +35,7 @@ def report(cfg: DictConfig, out: Console) -> list[str]:
     text = read_text(str(data.path), "data.path")
     vocab, origin = build_vocabulary(data, text.content, DataContext(seed=cfg.trainer.seed))
     ids = token_ids(vocab, text)
-    split = int(len(ids) * (1 - data.val_fraction))
+    split = training_tokens(len(ids), data.val_fraction)
     # Where the training text ends in characters: the split is made in tokens.
     cut = split if isinstance(vocab, CharVocabulary) else len(decode(vocab, ids[:split].tolist()))
     train, val = text.content[:cut], text.content[cut:]
@@ -69,11 +69,11 @@ def _files(text: Text, out: Console) -> list[str]:
         by_content[hashlib.sha256(text.content[start:end].encode()).digest()].append(file)
     out.print(table)
     same = [files for files in by_content.values() if len(files) > 1]
-    if not same:
+    copies = sum(len(files) - 1 for files in same)
+    if not copies:
         return []
-    show_list(out, f"files with the same text as another: {sum(len(f) - 1 for f in same)}",
-              [" = ".join(map(str, files)) for files in same])
-    return [f"{sum(len(f) - 1 for f in same)} file(s) repeat another's text"]
+    show_list(out, f"files with the same text as another: {copies}", [" = ".join(map(str, files)) for files in same])
+    return [f"{copies} file(s) repeat another's text"]
 
 
 def _characters(text: Text, out: Console) -> None:

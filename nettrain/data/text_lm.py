@@ -156,19 +156,32 @@ class CharVocabulary(Vocabulary):
         return cls("".join(sorted(set(text))))
 
     def encode(self, text: str, where: Any = None, dtype: Any = np.int64) -> np.ndarray:
+        ids, lacking, first = self.encode_known(text, dtype)
+        if lacking:
+            raise UserError(self.unknown(text[first], where(first) if where is not None else f"position {first + 1}"))
+        return ids
+
+    def encode_known(self, text: str, dtype: Any = np.int64) -> tuple[np.ndarray, Counter[str], int]:
+        """The ids of the characters it holds, those it lacks left out: (ids, the lacking ones counted, the position
+        of the first of them, -1 when none)."""
         out = np.empty(len(text), dtype=dtype)
+        kept, lacking, first = 0, Counter[str](), -1
         for start in range(0, len(text), CHUNK):
             codes = np.frombuffer(text[start:start + CHUNK].encode("utf-32-le"), dtype=np.uint32)
             ids = np.minimum(np.searchsorted(self.codes, codes), self.size - 1)
             unknown = self.codes[ids] != codes
             if unknown.any():
-                position = start + int(unknown.argmax())
-                place = where(position) if where is not None else f"position {position + 1}"
-                raise UserError(f"{place}: character {describe_char(text[position])} is not in the model's vocabulary "
-                                f"of {self.size} characters ({self.sample()}); a character vocabulary encodes only "
-                                f"the characters it was built from")
-            out[start:start + len(codes)] = ids
-        return out
+                first = start + int(unknown.argmax()) if first < 0 else first
+                lacking.update({chr(c): int(n) for c, n in zip(*np.unique(codes[unknown], return_counts=True))})
+                ids = ids[~unknown]
+            out[kept:kept + len(ids)] = ids
+            kept += len(ids)
+        return out[:kept], lacking, first
+
+    def unknown(self, c: str, place: str) -> str:
+        """The refusal of a character it lacks, at `place`."""
+        return (f"{place}: character {describe_char(c)} is not in the model's vocabulary of {self.size} characters "
+                f"({self.sample()}); a character vocabulary encodes only the characters it was built from")
 
     def sample(self) -> str:
         shown = "".join(c for c in self.chars if c.isprintable() and not c.isspace())
@@ -286,28 +299,24 @@ def token_ids(vocab: Vocabulary, text: Text, unknown_chars: str = "refuse") -> t
     """The text's ids, in the narrowest type that holds them (a long text's ids are most of its memory). Characters
     a character vocabulary lacks are refused, the first named, or with `unknown_chars="skip"` left out, counted."""
     dtype = np.int16 if vocab.size <= np.iinfo(np.int16).max else np.int32
-    content = text.content
-    if isinstance(vocab, CharVocabulary):
-        if set(content) - set(vocab.chars):
-            counts = Counter(content)
-            content = _without(vocab, text, Counter({c: n for c, n in counts.items() if c not in vocab.chars}),
-                               unknown_chars)
-    return torch.from_numpy(vocab.encode(content, text.where, dtype))
-
-
-def _without(vocab: CharVocabulary, text: Text, lacking: Counter[str], unknown_chars: str) -> str:
+    if not isinstance(vocab, CharVocabulary):
+        return torch.from_numpy(vocab.encode(text.content, text.where, dtype))
+    ids, lacking, first = vocab.encode_known(text.content, dtype)
     total = sum(lacking.values())
-    if unknown_chars == "skip":
+    if lacking and unknown_chars != "skip":
+        raise UserError(f"{vocab.unknown(text.content[first], text.where(first))}: data.unknown_chars=skip leaves out "
+                        f"the {total:,} character(s) of the text it lacks ({len(lacking)} distinct)")
+    if lacking:
         shown = ", ".join(f"{describe_char(c)} x{n:,}" for c, n in lacking.most_common(SHOWN // 2))
         log.warning("%s: %s character(s) (%.2f%%, %d distinct) the vocabulary lacks are left out (data.unknown_chars="
                     "skip): %s%s", text.given, f"{total:,}", 100 * total / len(text.content), len(lacking), shown,
                     ", ..." if len(lacking) > SHOWN // 2 else "")
-        return text.content.translate(dict.fromkeys(map(ord, lacking)))
-    first = re.search(f"[{''.join(map(re.escape, lacking))}]", text.content).start()
-    raise UserError(f"{text.where(first)}: character {describe_char(text.content[first])} is not in the model's "
-                    f"vocabulary of {vocab.size} characters ({vocab.sample()}); a character vocabulary encodes only the "
-                    f"characters it was built from: data.unknown_chars=skip leaves out the {total:,} character(s) of "
-                    f"the text it lacks ({len(lacking)} distinct)")
+    return torch.from_numpy(ids)
+
+
+def training_tokens(count: int, val_fraction: float) -> int:
+    """How many of a text's `count` tokens train: the first (1 - val_fraction) of them."""
+    return int(count * (1 - val_fraction))
 
 
 def _enough(ids: torch.Tensor, block_size: int, what: str, given: str, fix: str) -> None:
@@ -324,7 +333,7 @@ def build(cfg: DictConfig, ctx: DataContext) -> Data:
     unknown_chars = cfg.get("unknown_chars", "refuse")
     ids = token_ids(vocab, text, unknown_chars)
     block = cfg.block_size
-    split = int(len(ids) * (1 - cfg.val_fraction))
+    split = training_tokens(len(ids), cfg.val_fraction)
     train_ids, val_ids = ids[:split], ids[split:]
     # A trained model's text (eval, update) is read in blocks of the model's own size.
     own = "give more text (the model reads blocks of its own size)"

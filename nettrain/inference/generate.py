@@ -38,7 +38,8 @@ def choose(logits: Tensor, temperature: float, top_k: int | None, generator: tor
         return logits.argmax(-1)
     # From the most likely one down, in float64 (temperature=1e-300 is 0 in float32): a tiny temperature sends the
     # others to -inf, never the top one to inf, which softmax would make NaN.
-    logits = (logits.double() - logits.double().amax(-1, keepdim=True)) / temperature
+    logits = logits.double()
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)

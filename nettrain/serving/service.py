@@ -155,12 +155,9 @@ class Service:
         gone = threading.Event()
 
         def write() -> list[str]:
-            pieces = []
-            for piece in lm.stream(body.prompt, **settings):
-                if gone.is_set() or self._stopping.is_set():
-                    break
-                pieces.append(piece)
-            return pieces[1:]  # after the prompt
+            pieces = itertools.takewhile(lambda _: not (gone.is_set() or self._stopping.is_set()),
+                                         lm.stream(body.prompt, **settings))
+            return list(pieces)[1:]  # after the prompt
 
         writing = asyncio.get_running_loop().run_in_executor(self._writing, write)
         while not (await asyncio.wait([writing], timeout=LEFT_EVERY_S))[0]:
